@@ -1,0 +1,31 @@
+"""Training-free estimators by name, for ``regframe register --method NAME``.
+
+Each entry maps a name to a zero-argument factory returning a ready ``DisplacementEstimator``.
+Add a method by adding one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from regframe.errors import RegframeInputError
+from regframe.estimators.base import DisplacementEstimator, IdentityEstimator
+
+
+def _affine() -> DisplacementEstimator:
+    from regframe.estimators.affine import IterativeAffineEstimator
+
+    return IterativeAffineEstimator()
+
+
+TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
+    "identity": IdentityEstimator,
+    "affine": _affine,
+}
+
+
+def build_training_free(name: str) -> DisplacementEstimator:
+    """Instantiate the training-free method ``name`` or raise a clear error listing the choices."""
+    if name not in TRAINING_FREE:
+        raise RegframeInputError(f"unknown method {name!r}; choose one of: {', '.join(sorted(TRAINING_FREE))}")
+    return TRAINING_FREE[name]()
