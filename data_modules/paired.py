@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
+from data_modules.learn2reg import label_ids
 from data_modules.preprocess import IntensityMap, pad_crop_subject, resample_by_factor, resize_subject
 from regframe.errors import RegframeInputError
 from regframe.io import check_same_grid, read_image, read_label
@@ -127,9 +128,9 @@ class PairedDataModule(RegistrationDataModule):
                 raise RegframeInputError(f"{self.root / f'{side}_labels'}: no label file for case {case!r}")
             label = read_label(labels[case], channel=self.label_channel)
             check_same_grid(image, label)
-            if not set(np.unique(label.array).tolist()) <= {0, 1}:
+            if not set(label_ids(label.array)) <= {0, 1}:
                 raise RegframeInputError(f"{labels[case]}: expected a binary label (0/1), set label_channel")
-            subject["label"] = torch.from_numpy(label.array)[None]
+            subject["label"] = torch.from_numpy(np.ascontiguousarray(label.array))[None]
         return subject
 
     def _to_grid(self, subject: dict, shape: tuple[int, ...]) -> dict:
