@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
-from lightning.pytorch.cli import LightningCLI
+from regframe.cli import RegframeCLI
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", ROOT / ".." / "shared" / "data"))
@@ -13,13 +13,13 @@ SHORT_SCHEDULE = ["--model.init_args.seg_pretrain_epochs=1", "--model.init_args.
                   "--model.init_args.warmup_steps=1", "--model.init_args.compute_hd95=false",
                   "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
                   "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-                  "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+                  "--trainer.enable_model_summary=false"]
 
 
-def run(config: str, tmp_path: Path, extra: list[str]) -> LightningCLI:
+def run(config: str, tmp_path: Path, extra: list[str]) -> RegframeCLI:
     args = ["fit", f"--config={ROOT / 'experiments' / config}", f"--trainer.default_root_dir={tmp_path}",
             *SHORT_SCHEDULE, *extra]
-    return LightningCLI(args=args, save_config_kwargs={"overwrite": True})
+    return RegframeCLI(args=args)
 
 
 def test_abdomen_jrss_on_phantom(tmp_path):
@@ -39,7 +39,7 @@ def test_abdomen_jrss_on_phantom(tmp_path):
 def test_prostate_configs_on_a_few_real_cases(tmp_path, config, epochs):
     if not (DATA / "prostate_mr_us").is_dir():
         pytest.skip(f"real data not found at {DATA / 'prostate_mr_us'}")
-    few_cases = [f"--data.init_args.root={DATA / 'prostate_mr_us'}", "--data.init_args.split=[5,1,0]",
+    few_cases = [f"--data.init_args.root={DATA / 'prostate_mr_us'}", "--data.init_args.split=[0.07,0.02,0.0]",
                  "--data.init_args.target_shape=[32,32,32]", "--data.init_args.val_max_pairs=1",
                  f"--trainer.max_epochs={epochs}", f"--trainer.check_val_every_n_epoch={epochs}",
                  "--model.init_args.seg_pretrain_epochs=1" if epochs == 1 else "--model.init_args.rounds=1"]
