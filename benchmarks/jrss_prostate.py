@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--crop", type=int, default=48, help="centred crop of the 69x69x64 MR (voxels)")
     parser.add_argument("--factor", type=float, default=0.5, help="resampling factor after the crop")
+    parser.add_argument("--weighted-ce", action="store_true",
+                        help="class-weighted student CE (paper); off by default, see the report in the docstring")
     parser.add_argument("--table-only", action="store_true")
     return parser.parse_args()
 
@@ -102,7 +104,9 @@ def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) 
     runs = [  # name, module options, checkpoint inputs
         ("mono_seg", dict(mode="mono_seg"), {}),
         ("mono_reg", dict(mode="mono_reg"), {}),
-        ("jrss", dict(mode="joint", seg_pretrain_epochs=0, reg_pretrain_epochs=0, student_dropout=0.5),
+        ("jrss_weighted_ce" if args.weighted_ce else "jrss",
+         dict(mode="joint", seg_pretrain_epochs=0, reg_pretrain_epochs=0, student_dropout=0.5,
+              ce_class_weighting=args.weighted_ce),
          {"segmenter_init": "mono_seg", "estimator_init": "mono_reg"}),
         ("mono_seg_equal", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
         ("mono_reg_equal", dict(mode="mono_reg", reg_pretrain_epochs=extra_reg, warmup_steps=0),
@@ -124,16 +128,20 @@ def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) 
 def table(out: Path) -> str:
     rows = {}
     for path in sorted(out.glob("seed*/*.json")):
-        rows.setdefault(path.stem, []).append(json.loads(path.read_text()))
+        rows.setdefault(path.stem, []).append(json.loads(path.read_text()) | {"name": path.stem})
 
     def cell(results: list[dict], key: str) -> str:
+        trained = results[0]["name"] if "name" in results[0] else ""
+        if (key == "seg_dice" and trained.startswith("mono_reg")) or (
+                key in ("reg_dice", "sdlogj") and trained.startswith("mono_seg")):
+            return "–"  # that network is untrained in this run
         values = [r[key] for r in results]
         spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
         return f"{statistics.fmean(values):.3f}{spread}"
 
     lines = ["| run | seeds | seg Dice (test subjects) | reg Dice (test pairs) | initial Dice | SDlogJ | train s |",
              "|---|---|---|---|---|---|---|"]
-    for name in ("mono_seg", "mono_seg_equal", "mono_reg", "mono_reg_equal", "jrss"):
+    for name in ("mono_seg", "mono_seg_equal", "mono_reg", "mono_reg_equal", "jrss_weighted_ce", "jrss"):
         if name in rows:
             r = rows[name]
             lines.append(f"| {name} | {','.join(str(x['seed']) for x in r)} | {cell(r, 'seg_dice')} | "

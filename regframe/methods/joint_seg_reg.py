@@ -13,6 +13,8 @@ a pure function of the epoch (so a resumed run resumes its stage):
    ``ψ_r`` learns with Dice on true or pseudo labels (λ_d where present, else unsupervised).
 
 ``mode="mono_seg"`` / ``"mono_reg"`` run only stage 1 / 2 for all epochs (the baselines).
+Screening is class-level per image (class c of an image is kept if its maximum probability exceeds τ);
+voxels whose arg-max class was dropped carry no target.
 The teacher is held by ``callbacks.ema.EMATeacher`` (required for ``mode="joint"``).
 Which subjects are labelled: ``num_labelled`` drawn with ``labelled_seed`` from the data module's
 ``train_subjects`` (or listed in ``labelled_subjects``); the chosen ids are written to ``hparams``.
@@ -74,7 +76,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  reg_epochs_per_round: int = 5, seg_epochs_per_round: int = 1,
                  tau: float = 0.6, lambda_u: float = 0.5, lambda_d: float = 0.1, lambda_d_seg: float = 1.0,
                  lambda_r: float = 0.025, lambda_r_warmup: float = 0.1, warmup_steps: int = 300,
-                 student_dropout: float = 0.5, seg_batch_size: int = 2,
+                 student_dropout: float = 0.5, seg_batch_size: int = 2, ce_class_weighting: bool = True,
                  seg_lr: float = 1e-3, seg_weight_decay: float = 1e-4, reg_lr: float = 4e-4, lr_decay: float = 0.99,
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True) -> None:
@@ -150,8 +152,12 @@ class JointSegRegSelfTraining(RegistrationModule):
         self._class_weights = self._inverse_sqrt_frequency([subjects[i]["label"] for i in chosen])
 
     def _inverse_sqrt_frequency(self, labels: list[Tensor]) -> Tensor:
-        """Class weights ``∝ frequency^-½`` over the labelled subjects, mean 1 (pixel-wise weighted CE)."""
+        """Class weights ``∝ frequency^-½`` over the labelled subjects, mean 1 (the paper's pixel-wise
+        weighted CE); all ones with ``ce_class_weighting=False`` (on the prostate gland the weighting
+        biased a Dice-trained teacher's student towards over-segmentation)."""
         k = self.segmenter.num_classes
+        if not self.hparams.ce_class_weighting:
+            return torch.ones(k)
         counts = sum(torch.bincount(lab.flatten().long(), minlength=k)[:k].double() for lab in labels)
         weights = (counts.clamp_min(1) / counts.sum()).pow(-0.5)
         return (weights / weights.mean()).float()

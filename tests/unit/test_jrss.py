@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from callbacks.ema import EMATeacher
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
 from regframe.losses import symmetric_kl
-from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, screen_pseudo_labels
+from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, screen_pseudo_labels, weighted_cross_entropy
 from regframe.segmenters import NetworkSegmenter
 
 SHAPE = (12, 12, 12)
@@ -69,6 +69,21 @@ def test_screening_keeps_only_confident_classes():
     assert onehot[0].argmax(0)[:2].tolist() == [0, 1]
     assert onehot[0, :, 2].sum() == 0  # arg max is the dropped class 2: voxel has no target
     assert onehot[0, 2].sum() == 0 and onehot.sum() == 3
+
+
+def test_weighted_cross_entropy_ignores_voxels_without_target_and_weights_classes():
+    logits = torch.zeros(1, 2, 3)                        # uniform prediction: CE = log 2 per voxel
+    target = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])   # third voxel has no target
+    log2 = torch.log(torch.tensor(2.0))
+    assert torch.allclose(weighted_cross_entropy(logits, target, torch.ones(2)), log2)
+    assert torch.allclose(weighted_cross_entropy(logits, target, torch.tensor([1.0, 3.0])), 2 * log2)
+
+
+def test_class_weights_follow_inverse_sqrt_frequency_or_are_uniform():
+    labels = [torch.tensor([0, 0, 0, 1])]                # frequencies 3/4 and 1/4
+    weights = make_module()._inverse_sqrt_frequency(labels)
+    assert torch.allclose(weights[1] / weights[0], torch.tensor(3.0).sqrt()) and torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert torch.equal(make_module(ce_class_weighting=False)._inverse_sqrt_frequency(labels), torch.ones(2))
 
 
 def test_symmetric_kl_zero_for_identical_and_positive_otherwise():
