@@ -32,6 +32,12 @@ def subject_id(path: str | Path) -> str:
     return match.group(1) if match else stem
 
 
+def _id_key(value: str | int) -> str:
+    """Comparable subject id: numeric ids match regardless of zero padding (YAML reads 0001 as 1)."""
+    text = str(value)
+    return str(int(text)) if text.isdigit() else text
+
+
 @dataclass(frozen=True)
 class SubjectEntry:
     """Files of one subject (absolute paths; ``None`` where absent)."""
@@ -213,7 +219,7 @@ class Learn2RegDataModule(RegistrationDataModule):
 
     Training pairs are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
     training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
-    ids such as ``"0001"`` to choose them). Validation and test both serve ``registration_val``.
+    ids such as ``"0001"`` or ``1`` to choose them). Validation and test both serve ``registration_val``.
     Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
     resolution (images linear, labels nearest; spacing doubles).
     """
@@ -222,7 +228,7 @@ class Learn2RegDataModule(RegistrationDataModule):
         self,
         dataset_json: str,
         pairs: str = "unordered",
-        train_subjects: list[str] | None = None,
+        train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = None,
         shift: float = 0.0,
@@ -250,11 +256,12 @@ class Learn2RegDataModule(RegistrationDataModule):
 
     def _training_entries(self, spec: Learn2RegSpec) -> list[SubjectEntry]:
         if self.train_subject_ids is not None:
-            known = {e.id: e for e in spec.training}
-            missing = [s for s in self.train_subject_ids if s not in known]
+            known = {_id_key(e.id): e for e in spec.training}
+            missing = [s for s in self.train_subject_ids if _id_key(s) not in known]
             if missing:
-                raise RegframeInputError(f"{spec.json_path}: train_subjects {missing} are not in 'training' (ids {sorted(known)})")
-            return [known[s] for s in self.train_subject_ids]
+                raise RegframeInputError(
+                    f"{spec.json_path}: train_subjects {missing} are not in 'training' (ids {[e.id for e in spec.training]})")
+            return [known[_id_key(s)] for s in self.train_subject_ids]
         excluded = spec.val_subject_ids if self.exclude_val_subjects else set()
         return [e for e in spec.training if e.id not in excluded]
 

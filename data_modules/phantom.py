@@ -207,7 +207,7 @@ class PhantomDataModule(Learn2RegDataModule):
         seed: int = 0,
         val_subjects: int = 3,
         pairs: str = "unordered",
-        train_subjects: list[str] | None = None,
+        train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = (-200.0, 300.0),
         shift: float = 0.0,

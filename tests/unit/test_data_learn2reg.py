@@ -85,7 +85,7 @@ def test_train_subjects_and_include_val(dataset: Path):
     dm = Learn2RegDataModule(str(dataset), exclude_val_subjects=False)
     dm.setup()
     assert len(dm.train_subjects) == 5 and len(dm.train_pairs) == 10
-    dm = Learn2RegDataModule(str(dataset), train_subjects=["0002", "0005"])
+    dm = Learn2RegDataModule(str(dataset), train_subjects=["0002", 5])  # YAML reads 0005 as 5
     dm.setup()
     assert [s["id"] for s in dm.train_subjects] == ["0002", "0005"]
     with pytest.raises(RegframeInputError, match="0009"):
