@@ -252,7 +252,8 @@ class Learn2RegDataModule(RegistrationDataModule):
         self.resample_factor = resample_factor
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
-        self.save_hyperparameters()
+        if type(self) is Learn2RegDataModule:  # subclasses record their own signature
+            self.save_hyperparameters()
 
     def _training_entries(self, spec: Learn2RegSpec) -> list[SubjectEntry]:
         if self.train_subject_ids is not None:

@@ -223,6 +223,7 @@ class PhantomDataModule(Learn2RegDataModule):
             num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         self.phantom_args = dict(root=root, subjects=subjects, shape=tuple(shape), spacing=spacing, seed=seed,
                                  val_subjects=val_subjects)
+        self.save_hyperparameters()
 
     def prepare_data(self) -> None:
         self.dataset_json = str(ensure_phantom_dataset(**self.phantom_args))

@@ -83,6 +83,7 @@ def test_training_pairs_exclude_val_subjects(dataset: Path, mode: str, count: in
 
 def test_train_subjects_and_include_val(dataset: Path):
     dm = Learn2RegDataModule(str(dataset), exclude_val_subjects=False)
+    assert dm.hparams["exclude_val_subjects"] is False and dm.hparams["dataset_json"] == str(dataset)
     dm.setup()
     assert len(dm.train_subjects) == 5 and len(dm.train_pairs) == 10
     dm = Learn2RegDataModule(str(dataset), train_subjects=["0002", 5])  # YAML reads 0005 as 5

@@ -83,6 +83,7 @@ def test_data_module_writes_once_and_reuses(tmp_path: Path):
     again = PhantomDataModule(root=str(tmp_path), subjects=3, shape=(12, 10, 14), val_subjects=2)
     again.prepare_data()
     assert json_path.stat().st_mtime_ns == stamp
+    assert PhantomDataModule(**dm.hparams).phantom_args == dm.phantom_args  # hparams rebuild the module
     changed = PhantomDataModule(root=str(tmp_path), subjects=3, shape=(12, 10, 14), val_subjects=2, seed=5)
     changed.prepare_data()
     assert json.loads(json_path.read_text())["regframe_phantom"]["seed"] == 5
