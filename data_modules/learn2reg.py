@@ -268,7 +268,10 @@ class Learn2RegDataModule(RegistrationDataModule):
 
     def _load_subject(self, entry: SubjectEntry, cache: dict[Path, dict]) -> dict:
         if entry.image not in cache:
-            subject = load_subject(entry, self.spec.label_names, self.label_channel)
+            try:
+                subject = load_subject(entry, self.spec.label_names, self.label_channel)
+            except RegframeInputError as err:
+                raise RegframeInputError(f"{err} (listed in {self.spec.json_path})") from err
             subject = resample_by_factor(subject, self.resample_factor)
             subject["image"] = self.intensity(subject["image"])
             cache[entry.image] = subject

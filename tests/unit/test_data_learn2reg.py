@@ -202,7 +202,8 @@ def test_missing_pair_key(dataset: Path):
 
 def test_missing_image_file(dataset: Path):
     (dataset.parent / "imagesTr" / "Tiny_0002_0000.nii.gz").unlink()
-    assert "Tiny_0002_0000.nii.gz" in _error(dataset)
+    message = _error(dataset)
+    assert "Tiny_0002_0000.nii.gz" in message and "not found" in message and "Tiny_dataset.json" in message
 
 
 def test_corrupt_nifti(dataset: Path):
