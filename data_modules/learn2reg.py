@@ -146,7 +146,8 @@ def load_dataset_json(path: str | Path) -> Learn2RegSpec:
         out = []
         for i, item in enumerate(raw):
             fixed, moving = (resolve(get(item, k, f"{key}[{i}]."), f"{key}[{i}].{k}") for k in ("fixed", "moving"))
-            out.append(PairEntry(by_image.get(fixed) or _entry(fixed, None), by_image.get(moving) or _entry(moving, None)))
+            out.append(PairEntry(by_image.get(fixed) or _entry(fixed, None),
+                                 by_image.get(moving) or _entry(moving, None)))
         return out
 
     labels = data.get("labels", {})
@@ -154,7 +155,8 @@ def load_dataset_json(path: str | Path) -> Learn2RegSpec:
     if labels:
         names = labels.get("0", labels) if isinstance(labels, dict) else None
         if not isinstance(names, dict):
-            raise RegframeInputError(f"{path}: 'labels' should map label ids to names, e.g. {{\"0\": {{\"1\": \"spleen\"}}}}")
+            raise RegframeInputError(
+                f"{path}: 'labels' should map label ids to names, e.g. {{\"0\": {{\"1\": \"spleen\"}}}}")
         try:
             label_names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
         except ValueError as err:
@@ -203,7 +205,8 @@ def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel
             unknown = sorted(set(label_ids(label.array)) - {0, *label_names})
             if unknown:
                 raise RegframeInputError(
-                    f"{entry.label}: label ids {unknown} are not listed in the dataset json 'labels' {sorted(label_names)}")
+                    f"{entry.label}: label ids {unknown} are not listed in the dataset json "
+                    f"'labels' {sorted(label_names)}")
         subject["label"] = torch.from_numpy(np.ascontiguousarray(label.array))[None]
     if entry.mask is not None:
         mask = read_label(entry.mask)
@@ -261,7 +264,8 @@ class Learn2RegDataModule(RegistrationDataModule):
             missing = [s for s in self.train_subject_ids if _id_key(s) not in known]
             if missing:
                 raise RegframeInputError(
-                    f"{spec.json_path}: train_subjects {missing} are not in 'training' (ids {[e.id for e in spec.training]})")
+                    f"{spec.json_path}: train_subjects {missing} are not in 'training' "
+                    f"(ids {[e.id for e in spec.training]})")
             return [known[_id_key(s)] for s in self.train_subject_ids]
         excluded = spec.val_subject_ids if self.exclude_val_subjects else set()
         return [e for e in spec.training if e.id not in excluded]
