@@ -76,8 +76,9 @@ def labels_present(fixed_label: LabelLike, moving_label: LabelLike) -> list[int]
 def dice_per_label(fixed_label: LabelLike, warped_label: LabelLike, labels: Sequence[int]) -> dict[int, float]:
     """Dice ``2|F∩W| / (|F| + |W|)`` for each label in ``labels`` (in [0, 1]).
 
-    One ``bincount`` pass over the voxels (works on GPU tensors). A label absent from both maps
-    gives NaN (0/0), as in Learn2Reg; callers normally pass ``labels_present(fixed, moving)``.
+    ``bincount`` passes over the voxels (works on GPU tensors). A label absent from both maps gives
+    NaN (0/0). Learn2Reg scores only labels present in the fixed and the original moving map:
+    pass ``labels_present(fixed, moving)`` (as :func:`pair_metrics` does).
     """
     fixed = _label_grid(fixed_label, "fixed_label").flatten()
     warped = _label_grid(warped_label, "warped_label").flatten().to(fixed.device)
