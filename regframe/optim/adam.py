@@ -32,8 +32,8 @@ def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_fea
     ``data_weight * data(fixed, warped) + smooth_weight * sum_axes mean(forward difference^2)``, with
     data ``"ssd"`` (mean squared difference over channels and voxels) or ``"neg_cos"`` (negative
     mean cosine similarity). Returns the smoothed field resized to ``S`` (or on ``G`` with
-    ``return_grid=True``), detached. Runs under ``torch.enable_grad()``, so it works inside
-    ``no_grad``/inference contexts (not ``torch.inference_mode`` inputs: clone those first).
+    ``return_grid=True``), detached. Runs with gradients enabled and inference mode off (inputs are cloned), so it
+    works inside ``no_grad`` and ``torch.inference_mode`` contexts (e.g. Lightning validation).
     """
     if data_term not in DATA_TERMS:
         raise ValueError(f"data_term must be one of {DATA_TERMS}, got {data_term!r}")
@@ -42,9 +42,9 @@ def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_fea
     if grid_spacing <= 0:
         raise ValueError(f"grid_spacing must be positive, got {grid_spacing}")
     grid = fixed_feat.shape[2:]
-    fixed_feat, moving_feat = fixed_feat.detach().float(), moving_feat.detach().float()
-    with torch.enable_grad():
-        param = torch.nn.Parameter(resize_field(disp_init.detach().float(), grid).clone())
+    with torch.inference_mode(False), torch.enable_grad():
+        fixed_feat, moving_feat = fixed_feat.detach().float().clone(), moving_feat.detach().float().clone()
+        param = torch.nn.Parameter(resize_field(disp_init.detach().float().clone(), grid))
         optimiser = torch.optim.Adam([param], lr=lr, eps=adam_eps)
         for _ in range(iterations):
             optimiser.zero_grad(set_to_none=True)
@@ -55,5 +55,5 @@ def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_fea
             optimiser.step()
         with torch.no_grad():
             field = box_filter(param, smooth_pools)
-    field = field.detach().to(disp_init.dtype)
-    return field if return_grid else resize_field(field, disp_init.shape[2:])
+        field = field.detach().to(disp_init.dtype)
+        return field if return_grid else resize_field(field, disp_init.shape[2:])
