@@ -17,9 +17,11 @@ class PseudoLabelRefresh(Callback):
     dataloader is built).
 
     The trainer must rebuild the training dataloader at stage starts, so that sampler weights set at a
-    refresh take effect: ``reload_dataloaders_every_n_epochs`` must divide ``epochs_per_stage``
-    (1 always works). Other callbacks with an ``on_pseudo_labels(trainer, module, stage, difficulty)``
-    method (e.g. :class:`callbacks.sampling.DifficultyWeightedSampling`) are told about each refresh.
+    refresh take effect: ``reload_dataloaders_every_n_epochs`` must divide ``epochs_per_stage``.
+    Use ``epochs_per_stage`` itself: the data modules seed a fresh sampler at every reload, so
+    reloading every epoch would repeat the same order of pairs in every epoch. Other callbacks with
+    an ``on_pseudo_labels(trainer, module, stage, difficulty)`` method (e.g.
+    :class:`callbacks.sampling.DifficultyWeightedSampling`) are told about each refresh.
     ``evaluate_stage0`` also scores the random network's refined fields on the validation pairs and
     records them as stage 0 of the Dice table.
     """
@@ -32,7 +34,7 @@ class PseudoLabelRefresh(Callback):
         if not reload or pl_module.epochs_per_stage % reload:
             raise RegframeInputError(
                 f"trainer.reload_dataloaders_every_n_epochs={reload} must divide epochs_per_stage="
-                f"{pl_module.epochs_per_stage} so that refreshed sampler weights are used (set it to 1)")
+                f"{pl_module.epochs_per_stage} so that refreshed sampler weights are used (set it to epochs_per_stage)")
         store = pl_module.open_pseudo_labels(trainer)
         if store.served_stage is not None:
             rank_zero_info(f"pseudo labels: resuming with stage {store.served_stage} from {store.root}")

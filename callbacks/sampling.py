@@ -21,7 +21,8 @@ def difficulty_weights(difficulty: Tensor, spread: float = 5.0) -> Tensor:
 
 class DifficultyWeightedSampling(Callback):
     """Hand :func:`difficulty_weights` to ``datamodule.sampler_weights`` whenever pseudo labels are
-    refreshed (called by :class:`callbacks.pseudo_labels.PseudoLabelRefresh`). The datamodule
+    refreshed (called by :class:`callbacks.pseudo_labels.PseudoLabelRefresh`). When all pairs are
+    equally difficult (e.g. no Adam in the refinement) sampling stays uniform. The datamodule
     checkpoints its weights, so a resumed run samples as before."""
 
     def __init__(self, spread: float = 5.0) -> None:
@@ -29,4 +30,8 @@ class DifficultyWeightedSampling(Callback):
 
     def on_pseudo_labels(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int,
                          difficulty: Tensor) -> None:
+        difficulty = torch.as_tensor(difficulty)
+        if difficulty.numel() == 0 or torch.all(difficulty == difficulty.flatten()[0]):
+            trainer.datamodule.sampler_weights = None  # no information (e.g. refinement without Adam): uniform
+            return
         trainer.datamodule.sampler_weights = difficulty_weights(difficulty, self.spread)

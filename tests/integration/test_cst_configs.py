@@ -25,6 +25,7 @@ def test_cst_demo_config_runs_all_stages(tmp_path, capsys):
             f"--config={ROOT / 'experiments' / 'demo.yaml'}", *TINY_NET, *tiny_phantom(tmp_path),
             "--model.init_args.stages=2", "--model.init_args.epochs_per_stage=1", "--model.init_args.loss_crop=1",
             f"--model.init_args.pseudo_label_dir={tmp_path / 'pl'}", "--trainer.check_val_every_n_epoch=1",
+            "--trainer.reload_dataloaders_every_n_epochs=1",
             "--trainer.enable_model_summary=false"]
     cli = RegframeCLI(args=args)
     assert cli.trainer.current_epoch == 2

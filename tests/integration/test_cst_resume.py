@@ -50,7 +50,7 @@ def make_run(tmp_path, max_steps, probe):
 def test_resume_mid_stage(tmp_path):
     # 3 training pairs, batch 2 -> 2 steps per epoch, 4 steps per stage; stop after step 5 (stage 2)
     full = Probe()
-    trainer, model, data = make_run(tmp_path / "full", None, full)
+    trainer, model, data = make_run(tmp_path / "full", -1, full)
     trainer.fit(model, datamodule=data)
     stopped = Probe()
     trainer, model, data = make_run(tmp_path / "run", 5, stopped)
