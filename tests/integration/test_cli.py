@@ -4,11 +4,13 @@ work end to end on a tiny phantom."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from regframe.cli import main
 from regframe.io import read_displacement, read_image
@@ -18,11 +20,15 @@ EXPERIMENTS = REPO / "experiments"
 
 
 def overlay_base(path: Path) -> Path | None:
-    """Overlay configs start with ``# overlay-for: <base>.yaml`` and are parsed after that base."""
-    first = path.read_text().splitlines()[0] if path.read_text() else ""
-    if first.startswith("# overlay-for:"):
-        return EXPERIMENTS / first.split(":", 1)[1].strip()
-    return None
+    """An overlay config has no ``model.class_path`` of its own; its header comment names the
+    config it is added after (``add after abdomen_cst.yaml``), which is parsed first."""
+    config = yaml.safe_load(path.read_text()) or {}
+    if (config.get("model") or {}).get("class_path"):
+        return None
+    header = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+    match = re.search(r"add (?:it )?after (?:experiments/)?([\w./-]+\.yaml)", header)
+    assert match, f"{path}: overlay config must say which config it is added after ('add after X.yaml')"
+    return EXPERIMENTS / match.group(1)
 
 
 def experiment_configs() -> list[Path]:
