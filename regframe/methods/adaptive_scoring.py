@@ -82,8 +82,6 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.mode = mode
-        self.make_optimizer = optimizer
-        self.make_scheduler = lr_scheduler
         if weight_net is None and mode == "adacs":
             weight_net = ScoringUNet(spatial_dims)
         elif weight_net is None and mode in ("nll", "beta_nll"):
@@ -163,12 +161,8 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
                 b = torch.cos(0.5 * math.pi * mu)
                 self.residual_momentum.mul_(self.momentum_decay).add_((1.0 - self.momentum_decay) * b)
         score = self.weight_net(batch["fixed"])
-        scs = (score * r2).mean()
-        reg = (1.0 - score).pow(2).mean()
-        tv = sum(d.pow(2).mean() for d in forward_differences(score))
-        loss = scs + self.score_reg_weight * reg + self.score_tv_weight * self.residual_momentum * tv
-        logs = {"score_mean": score.mean().detach(), "score_scs": scs.detach(), "momentum": self.residual_momentum.clone(),
-                "mu": mu}
+        loss = scoring_objective(score, r2, self.score_reg_weight, self.score_tv_weight * self.residual_momentum)
+        logs = {"score_mean": score.mean().detach(), "momentum": self.residual_momentum.clone(), "mu": mu}
         return loss, logs
 
     def adareg_weight(self, r2: Tensor) -> Tensor:
@@ -239,13 +233,23 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
 
     def configure_optimizers(self):
         """One optimiser per network: ``[estimator]``, or ``[estimator, weight_net]``."""
-        optimizers = [self.make_optimizer(self.estimator.parameters())]
+        optimizers = [self.optimizer_factory(self.estimator.parameters())]
         if self.weight_net is not None:
-            optimizers.append(self.make_optimizer(self.weight_net.parameters()))
-        if self.make_scheduler is None:
+            optimizers.append(self.optimizer_factory(self.weight_net.parameters()))
+        if self.lr_scheduler_factory is None:
             return optimizers
-        schedulers = [{"scheduler": self.make_scheduler(opt), "interval": "step"} for opt in optimizers]
+        schedulers = [{"scheduler": self.lr_scheduler_factory(opt), "interval": "step"} for opt in optimizers]
         return optimizers, schedulers
+
+
+def scoring_objective(score: Tensor, r2: Tensor, reg_weight: float, tv_weight: float | Tensor) -> Tensor:
+    """AdaCS scorer loss ``mean(S r²) + reg_weight·mean((1−S)²) + tv_weight·mean(‖∇S‖²)`` for a score
+    ``S (B, 1, *S)`` in (0, 1) and a fixed squared residual ``r²`` of the same shape; ``‖∇S‖²`` sums
+    the squared forward differences over axes. Without the second term ``S = 0`` is optimal."""
+    scs = (score * r2).mean()
+    reg = (1.0 - score).pow(2).mean()
+    tv = sum(d.pow(2).mean() for d in forward_differences(score))
+    return scs + reg_weight * reg + tv_weight * tv
 
 
 def _crop_like(weight: Tensor, diff: Tensor) -> Tensor:
