@@ -33,10 +33,10 @@ class Preprocessing:
     resample_factor: float = 1.0
 
     def __call__(self, array: np.ndarray) -> Tensor:
+        from data_modules.preprocess import IntensityMap
+
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        if self.clamp is not None:
-            x = x.clamp(*self.clamp)
-        x = ((x + self.shift) * self.scale)[None, None]
+        x = IntensityMap(self.clamp, self.shift, self.scale)(x)[None, None]
         if self.resample_factor != 1.0:
             mode = "trilinear" if x.dim() == 5 else "bilinear"
             x = torch.nn.functional.interpolate(x, scale_factor=self.resample_factor, mode=mode, align_corners=False)
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
         from data_modules.learn2reg import load_dataset_json
 
         spec = load_dataset_json(args.dataset)
-        pairs = [(p.fixed_image, p.moving_image, f"disp_{p.fixed_id}_{p.moving_id}.nii.gz") for p in spec.registration_val]
+        pairs = [(p.fixed.image, p.moving.image, f"disp_{p.pair_id}.nii.gz") for p in spec.registration_val]
         warped_names: list[str | None] = [None] * len(pairs)
     else:
         if not (args.fixed and args.moving):
