@@ -219,8 +219,9 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
                 self.log(f"train/{key}", value, batch_size=size)
         self.log("train/phase", float(("displacement", "scoring", "alternate").index(phase)), batch_size=size)
         schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
-            scheduler.step()
+        if schedulers is not None:
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
 
     def _step(self, optimizers, loss: Tensor) -> None:
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
