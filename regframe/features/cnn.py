@@ -26,6 +26,12 @@ class CSTFeatureNet(nn.Module):
     1x1x1 convolution to ``io_channels`` for instance optimisation. That head receives no gradient
     (IO is not differentiable), so it stays a fixed random projection, as in the paper.
     Input ``(B, in_channels, *S)`` with ``S`` divisible by 8 for exact strides.
+
+    Convolutions are He-initialised (``kaiming_normal_``, fan-in, ReLU gain) instead of PyTorch's
+    default, which shrinks activations layer by layer: on AbdomenCTCT_synth (half resolution, three
+    validation pairs, identity Dice 0.268) the random network's refined fields (2 warps + ICE) reached
+    Dice 0.303/0.311 (two seeds) with He init and 0.268 with the default init, and stage 0 of CST
+    is exactly such a random network.
     """
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128, 128, 128),
@@ -47,6 +53,17 @@ class CSTFeatureNet(nn.Module):
         self.io_head = conv(channels[1], io_channels, 1)
         self.out_channels = out_channels
         self.stride = 8
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-initialise every convolution (zero biases) and reset the BatchNorm layers."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                module.reset_parameters()
 
     def forward(self, image: Tensor) -> Tensor:
         """Correlation features ``(B, out_channels, *S/8)``."""

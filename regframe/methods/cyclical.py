@@ -33,10 +33,11 @@ from regframe.pseudo_labels import PseudoLabelStore
 
 
 def _reinitialise(module: torch.nn.Module, seed: int) -> None:
-    """Fresh random weights (and BatchNorm statistics) for every sub-module, reproducibly."""
+    """Fresh random weights (and BatchNorm statistics) for every sub-module, reproducibly. Children
+    are reset before their parents, so a parent's own initialisation scheme has the last word."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for child in module.modules():
+        for child in reversed(list(module.modules())):
             if hasattr(child, "reset_parameters"):
                 child.reset_parameters()
             if hasattr(child, "reset_running_stats"):
