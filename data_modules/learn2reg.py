@@ -1,0 +1,290 @@
+"""Learn2Reg data sets: any ``{Task}_dataset.json`` (training subjects, ``registration_val`` pairs,
+optional ``registration_test`` pairs, label names), with masks (``masksTr/``) and keypoints
+(``keypointsTr/*.csv``, voxel coordinates) picked up when present.
+
+``load_dataset_json`` parses the json alone (no image is read); ``Learn2RegDataModule`` loads the
+subjects once into memory and serves pairs following the regframe batch convention.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_modules.base import RegistrationDataModule, enumerate_pairs
+from data_modules.preprocess import IntensityMap, resample_by_factor
+from regframe.errors import RegframeInputError
+from regframe.io import check_same_grid, read_image, read_label
+
+_SUBJECT_ID = re.compile(r"_(\d+)_\d{4}$")
+
+
+def subject_id(path: str | Path) -> str:
+    """Subject id from a Learn2Reg file name: ``AbdomenCTCT_0021_0000.nii.gz`` -> ``"0021"``
+    (falls back to the name without extension)."""
+    stem = Path(path).name.split(".nii")[0]
+    match = _SUBJECT_ID.search(stem)
+    return match.group(1) if match else stem
+
+
+@dataclass(frozen=True)
+class SubjectEntry:
+    """Files of one subject (absolute paths; ``None`` where absent)."""
+
+    id: str
+    image: Path
+    label: Path | None = None
+    mask: Path | None = None
+    keypoints: Path | None = None
+
+
+@dataclass(frozen=True)
+class PairEntry:
+    """One registration pair; ``pair_id`` is ``"{fixed.id}_{moving.id}"``."""
+
+    fixed: SubjectEntry
+    moving: SubjectEntry
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.fixed.id}_{self.moving.id}"
+
+
+@dataclass
+class Learn2RegSpec:
+    """A parsed Learn2Reg dataset json."""
+
+    json_path: Path
+    name: str
+    training: list[SubjectEntry]
+    registration_val: list[PairEntry]
+    registration_test: list[PairEntry]
+    label_names: dict[int, str]
+    image_shape: tuple[int, ...] | None = None
+    by_image: dict[Path, SubjectEntry] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        """Folder the json's relative paths are resolved against."""
+        return self.json_path.parent
+
+    @staticmethod
+    def subject_id(path: str | Path) -> str:
+        return subject_id(path)
+
+    @property
+    def val_subject_ids(self) -> set[str]:
+        return {s.id for p in self.registration_val for s in (p.fixed, p.moving)}
+
+
+def _sibling(image: Path, folder: str, suffix: str | None = None) -> Path | None:
+    """``root/imagesTr/X.nii.gz`` -> ``root/{folder}/X{suffix}`` if that file exists."""
+    name = image.name if suffix is None else image.name.split(".nii")[0] + suffix
+    candidate = image.parent.parent / folder / name
+    return candidate if candidate.is_file() else None
+
+
+def _entry(image: Path, label: Path | None) -> SubjectEntry:
+    tag = "Tr" if image.parent.name.endswith("Tr") else "Ts"
+    if label is None:
+        label = _sibling(image, f"labels{tag}")
+    return SubjectEntry(
+        id=subject_id(image), image=image, label=label,
+        mask=_sibling(image, f"masks{tag}"), keypoints=_sibling(image, f"keypoints{tag}", ".csv"))
+
+
+def load_dataset_json(path: str | Path) -> Learn2RegSpec:
+    """Parse a Learn2Reg ``{Task}_dataset.json``; paths are resolved relative to the json.
+    Raises ``RegframeInputError`` naming the json and key for a missing file or malformed content
+    (image files themselves are only checked for existence when read)."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise RegframeInputError(f"{path}: dataset json not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RegframeInputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise RegframeInputError(f"{path}: expected a JSON object at top level")
+    root = path.parent
+
+    def resolve(value: object, where: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise RegframeInputError(f"{path}: {where} should be a relative file path, got {value!r}")
+        return (root / value).resolve()
+
+    def get(obj: dict, key: str, where: str) -> object:
+        if not isinstance(obj, dict) or key not in obj:
+            raise RegframeInputError(f"{path}: missing key {where}{key!r}")
+        return obj[key]
+
+    training_raw = get(data, "training", "")
+    if not isinstance(training_raw, list) or not training_raw:
+        raise RegframeInputError(f"{path}: 'training' should be a non-empty list")
+    training = []
+    for i, item in enumerate(training_raw):
+        image = resolve(get(item, "image", f"training[{i}]."), f"training[{i}].image")
+        label = resolve(item["label"], f"training[{i}].label") if item.get("label") else None
+        training.append(_entry(image, label))
+    by_image = {entry.image: entry for entry in training}
+
+    def pairs(key: str) -> list[PairEntry]:
+        raw = data.get(key, [])
+        if not isinstance(raw, list):
+            raise RegframeInputError(f"{path}: {key!r} should be a list of {{fixed, moving}}")
+        out = []
+        for i, item in enumerate(raw):
+            fixed, moving = (resolve(get(item, k, f"{key}[{i}]."), f"{key}[{i}].{k}") for k in ("fixed", "moving"))
+            out.append(PairEntry(by_image.get(fixed) or _entry(fixed, None), by_image.get(moving) or _entry(moving, None)))
+        return out
+
+    labels = data.get("labels", {})
+    label_names: dict[int, str] = {}
+    if labels:
+        names = labels.get("0", labels) if isinstance(labels, dict) else None
+        if not isinstance(names, dict):
+            raise RegframeInputError(f"{path}: 'labels' should map label ids to names, e.g. {{\"0\": {{\"1\": \"spleen\"}}}}")
+        try:
+            label_names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
+        except ValueError as err:
+            raise RegframeInputError(f"{path}: 'labels' keys must be integers ({err})") from err
+    shape = data.get("tensorImageShape", {}).get("0") if isinstance(data.get("tensorImageShape"), dict) else None
+    return Learn2RegSpec(
+        json_path=path, name=str(data.get("name", path.stem.removesuffix("_dataset"))), training=training,
+        registration_val=pairs("registration_val"), registration_test=pairs("registration_test"),
+        label_names=label_names, image_shape=tuple(int(s) for s in shape) if shape else None, by_image=by_image)
+
+
+def read_keypoints(path: Path) -> torch.Tensor:
+    """Learn2Reg keypoints csv (one point per row, voxel coordinates) -> ``(N, D)`` float32."""
+    try:
+        points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as err:
+        raise RegframeInputError(f"{path}: cannot read keypoints as comma-separated numbers ({err})") from err
+    if not np.isfinite(points).all():
+        raise RegframeInputError(f"{path}: keypoints contain NaN/Inf")
+    return torch.from_numpy(points)
+
+
+def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel: int | None = None) -> dict:
+    """Read one subject's files into a subject dict (see ``data_modules.preprocess``), checking that
+    label and mask share the image grid and that label ids are known."""
+    image = read_image(entry.image)
+    subject = {
+        "id": entry.id,
+        "image": torch.from_numpy(image.array.copy())[None],
+        "label": None,
+        "spacing": torch.tensor(image.spacing, dtype=torch.float32),
+        "affine": image.affine,
+    }
+    if entry.label is not None:
+        label = read_label(entry.label, channel=label_channel)
+        check_same_grid(image, label)
+        if label_names:
+            unknown = sorted(set(np.unique(label.array).tolist()) - {0, *label_names})
+            if unknown:
+                raise RegframeInputError(
+                    f"{entry.label}: label ids {unknown} are not listed in the dataset json 'labels' {sorted(label_names)}")
+        subject["label"] = torch.from_numpy(label.array)[None]
+    if entry.mask is not None:
+        mask = read_label(entry.mask)
+        check_same_grid(image, mask)
+        subject["mask"] = torch.from_numpy(mask.array)[None]
+    if entry.keypoints is not None:
+        subject["points"] = read_keypoints(entry.keypoints)
+    return subject
+
+
+class Learn2RegDataModule(RegistrationDataModule):
+    """Pairs of a Learn2Reg data set, held in memory.
+
+    Training pairs are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
+    training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
+    ids such as ``"0001"`` to choose them). Validation and test both serve ``registration_val``.
+    Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
+    resolution (images linear, labels nearest; spacing doubles).
+    """
+
+    def __init__(
+        self,
+        dataset_json: str,
+        pairs: str = "unordered",
+        train_subjects: list[str] | None = None,
+        exclude_val_subjects: bool = True,
+        clamp: tuple[float, float] | None = None,
+        shift: float = 0.0,
+        scale: float = 1.0,
+        resample_factor: float = 1.0,
+        label_channel: int | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        val_max_pairs: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
+        enumerate_pairs(0, pairs)  # validates the mode early
+        if not resample_factor > 0:
+            raise RegframeInputError(f"resample_factor must be > 0, got {resample_factor}")
+        self.dataset_json = dataset_json
+        self.pairs = pairs
+        self.train_subject_ids = [str(s) for s in train_subjects] if train_subjects is not None else None
+        self.exclude_val_subjects = exclude_val_subjects
+        self.intensity = IntensityMap(tuple(clamp) if clamp is not None else None, shift, scale)
+        self.resample_factor = resample_factor
+        self.label_channel = label_channel
+        self.spec: Learn2RegSpec | None = None
+        self.save_hyperparameters()
+
+    def _training_entries(self, spec: Learn2RegSpec) -> list[SubjectEntry]:
+        if self.train_subject_ids is not None:
+            known = {e.id: e for e in spec.training}
+            missing = [s for s in self.train_subject_ids if s not in known]
+            if missing:
+                raise RegframeInputError(f"{spec.json_path}: train_subjects {missing} are not in 'training' (ids {sorted(known)})")
+            return [known[s] for s in self.train_subject_ids]
+        excluded = spec.val_subject_ids if self.exclude_val_subjects else set()
+        return [e for e in spec.training if e.id not in excluded]
+
+    def _load_subject(self, entry: SubjectEntry, cache: dict[Path, dict]) -> dict:
+        if entry.image not in cache:
+            subject = load_subject(entry, self.spec.label_names, self.label_channel)
+            subject = resample_by_factor(subject, self.resample_factor)
+            subject["image"] = self.intensity(subject["image"])
+            cache[entry.image] = subject
+        return cache[entry.image]
+
+    def load(self) -> None:
+        self.spec = spec = load_dataset_json(self.dataset_json)
+        self.label_names = dict(spec.label_names)
+        entries = self._training_entries(spec)
+        if len(entries) < 2:
+            raise RegframeInputError(
+                f"{spec.json_path}: only {len(entries)} training subject(s) left after excluding registration_val "
+                "subjects; set exclude_val_subjects=False or list train_subjects")
+        cache: dict[Path, dict] = {}
+        self.train_subjects = [self._load_subject(e, cache) for e in entries]
+        self.train_pairs = enumerate_pairs(len(self.train_subjects), self.pairs)
+        val_entries = list({e.image: e for p in spec.registration_val for e in (p.fixed, p.moving)}.values())
+        self.val_subjects = [self._load_subject(e, cache) for e in val_entries]
+        position = {e.image: i for i, e in enumerate(val_entries)}
+        self.val_pairs = [(position[p.fixed.image], position[p.moving.image]) for p in spec.registration_val]
+        self.test_subjects, self.test_pairs = self.val_subjects, self.val_pairs
+        self._check_grids(spec, entries, self.train_subjects)
+        self._check_grids(spec, val_entries, self.val_subjects)
+
+    @staticmethod
+    def _check_grids(spec: Learn2RegSpec, entries: list[SubjectEntry], subjects: list[dict]) -> None:
+        """Inter-subject pairs need one grid: every subject must have the first one's shape."""
+        if not subjects:
+            return
+        shape = subjects[0]["image"].shape
+        for entry, subject in zip(entries, subjects):
+            if subject["image"].shape != shape:
+                raise RegframeInputError(
+                    f"{entry.image}: shape {tuple(subject['image'].shape[1:])} differs from {entries[0].image} "
+                    f"shape {tuple(shape[1:])} (listed in {spec.json_path}); pairs need a common grid")

@@ -1,0 +1,105 @@
+"""Per-subject preprocessing shared by the data modules: intensity mapping, resampling by a factor,
+centred pad/crop to a target shape.
+
+A *subject* is a dict ``{"id": str, "image": (1,*S) float, "label": (1,*S) long | None,
+"spacing": (D,) float mm, "affine": (4, 4) float64 numpy}`` with optional ``"mask"`` ((1,*S) long)
+and ``"points"`` ((N, D) float, voxel coordinates). Arrays keep the on-disk axis order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """``x -> (clip(x, *clamp) + shift) * scale``; ``clamp=None`` skips clipping."""
+
+    clamp: tuple[float, float] | None = None
+    shift: float = 0.0
+    scale: float = 1.0
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.clamp is not None:
+            image = image.clamp(float(self.clamp[0]), float(self.clamp[1]))
+        return (image + self.shift) * self.scale
+
+
+def _rescale_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
+    """Affine of a grid of ``new`` voxels covering the same field of view as ``old`` voxels
+    (voxel centres at ``(i + 0.5) * old / new - 0.5`` in old voxel units)."""
+    ratio = np.ones(3)
+    ratio[: len(old)] = [o / n for o, n in zip(old, new)]
+    voxel_map = np.eye(4)
+    voxel_map[:3, :3] = np.diag(ratio)
+    voxel_map[:3, 3] = (ratio - 1.0) / 2.0
+    return affine @ voxel_map
+
+
+def resize_subject(subject: dict, shape: Sequence[int]) -> dict:
+    """Resample a subject to ``shape`` over the same field of view: image (bi/tri)linear, label and
+    mask nearest, spacing/affine/points updated (interpolation with ``align_corners=False``)."""
+    old = tuple(subject["image"].shape[1:])
+    shape = tuple(int(s) for s in shape)
+    if shape == old:
+        return subject
+    mode = "trilinear" if len(shape) == 3 else "bilinear"
+    out = dict(subject)
+    out["image"] = F.interpolate(subject["image"][None], size=shape, mode=mode, align_corners=False)[0]
+    for key in ("label", "mask"):
+        if subject.get(key) is not None:
+            out[key] = F.interpolate(subject[key][None].float(), size=shape, mode="nearest-exact")[0].long()
+    ratio = torch.tensor([n / o for n, o in zip(shape, old)], dtype=torch.float32)
+    out["spacing"] = subject["spacing"] / ratio
+    out["affine"] = _rescale_affine(subject["affine"], old, shape)
+    if subject.get("points") is not None:
+        out["points"] = (subject["points"] + 0.5) * ratio - 0.5
+    return out
+
+
+def resample_by_factor(subject: dict, factor: float) -> dict:
+    """Resample by ``factor`` per axis (0.5 = half resolution, spacing doubles)."""
+    if factor == 1.0:
+        return subject
+    shape = [max(1, int(round(s * factor))) for s in subject["image"].shape[1:]]
+    return resize_subject(subject, shape)
+
+
+def _pad_crop_slices(old: int, new: int) -> tuple[slice, slice]:
+    """(source, destination) slices that centre ``old`` voxels in ``new`` voxels along one axis."""
+    if new >= old:
+        start = (new - old) // 2
+        return slice(0, old), slice(start, start + old)
+    start = (old - new) // 2
+    return slice(start, start + new), slice(0, new)
+
+
+def pad_crop_subject(subject: dict, shape: Sequence[int], pad_value: float = 0.0) -> dict:
+    """Centred pad (image with ``pad_value``, labels with 0) or crop to ``shape``; spacing unchanged,
+    affine origin and points shifted so world coordinates are preserved."""
+    old = tuple(subject["image"].shape[1:])
+    shape = tuple(int(s) for s in shape)
+    if shape == old:
+        return subject
+    slices = [_pad_crop_slices(o, n) for o, n in zip(old, shape)]
+    src = (slice(None), *(s for s, _ in slices))
+    dst = (slice(None), *(d for _, d in slices))
+    out = dict(subject)
+    for key, fill in (("image", pad_value), ("label", 0), ("mask", 0)):
+        if subject.get(key) is not None:
+            new = subject[key].new_full((subject[key].shape[0], *shape), fill)
+            new[dst] = subject[key][src]
+            out[key] = new
+    # new voxel i sits at old voxel i + offset
+    offset = np.array([s.start - d.start for s, d in slices], dtype=np.float64)
+    shift = np.eye(4)
+    shift[: len(offset), 3] = offset
+    out["affine"] = subject["affine"] @ shift
+    if subject.get("points") is not None:
+        out["points"] = subject["points"] - torch.as_tensor(offset, dtype=subject["points"].dtype)
+    return out

@@ -1,0 +1,77 @@
+"""Command line: LightningCLI for training (``fit``/``validate``/``test``/``predict``) plus
+``regframe register``, ``regframe evaluate`` and ``regframe data``.
+
+``regframe``, ``lightning`` and ``python -m regframe`` all start :func:`main`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from regframe.run_config import RunConfigCallback
+
+TOOLS = ("register", "evaluate", "data")
+
+
+class RegframeCLI(LightningCLI):
+    """LightningCLI with regframe's defaults: any LightningModule / LightningDataModule by
+    ``class_path``, seed 0, a Rich progress bar, and a per-run config that never collides."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        import_plugins()
+        kwargs.setdefault("save_config_callback", RunConfigCallback)
+        kwargs.setdefault("trainer_defaults", {"callbacks": [RichProgressBar(leave=True)]})
+        super().__init__(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            args=args,
+            **kwargs,
+        )
+
+
+def import_plugins() -> None:
+    """Import every method, data module and callback so short ``class_path`` names resolve and
+    checkpoints of any method can be loaded."""
+    for package in ("regframe.methods", "data_modules", "callbacks"):
+        module = importlib.import_module(package)
+        for info in pkgutil.iter_modules(module.__path__):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def default_wandb_offline() -> None:
+    """W&B works without an account: offline unless the user configured credentials or a mode."""
+    if "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ:
+        return
+    netrc = os.path.expanduser("~/.netrc")
+    if os.path.isfile(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8", errors="ignore").read():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``regframe`` and ``python -m regframe``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default_wandb_offline()
+    if argv and argv[0] in TOOLS:
+        from regframe.tools import run_tool
+
+        return run_tool(argv)
+    RegframeCLI(args=argv)
+    return 0
+
+
+def lightning_main() -> None:
+    """Entry point of the ``lightning`` console script (``lightning fit --config ...``)."""
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``RegistrationModule``: the LightningModule every method derives from.
+
+It owns one ``DisplacementEstimator`` and does everything that is the same for all methods:
+validation / test (warp the moving labels, Learn2Reg metrics per pair and per organ, logging),
+prediction (displacements) and building the optimiser from config callables. Subclasses only
+implement ``training_step`` (and override ``predict_displacement`` for test-time refinement).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from regframe.estimators.base import DisplacementEstimator
+from regframe.spatial import warp_labels
+
+
+class RegistrationModule(pl.LightningModule):
+    """Base LightningModule: validation/test metrics, prediction and optimiser set-up.
+
+    Args:
+        estimator: the network (or algorithm) being trained; ``u = estimator(fixed, moving)``.
+        optimizer: optimiser factory over the estimator's parameters (YAML ``class_path``).
+        lr_scheduler: optional scheduler factory; it is stepped every optimiser step.
+        label_warp: ``"nearest"`` or ``"onehot"`` (linear on one-hot, then arg-max) for evaluation.
+        compute_hd95: HD95 is the slowest metric (CPU distance transforms); switch it off for speed.
+    """
+
+    def __init__(
+        self,
+        estimator: DisplacementEstimator,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_warp: str = "nearest",
+        compute_hd95: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.estimator = estimator
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.label_warp = label_warp
+        self.compute_hd95 = compute_hd95
+
+    # ----------------------------------------------------------------- inference
+    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        return self.estimator(fixed, moving)
+
+    def predict_displacement(self, batch: Mapping[str, Any]) -> Tensor:
+        """Displacement ``(B, D, *S)`` in voxels used for evaluation and prediction.
+
+        Override to add test-time refinement (second warp, instance optimisation, ...).
+        """
+        return self.estimator(batch["fixed"], batch["moving"])
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"pair_id": batch.get("pair_id"), "disp": self.predict_displacement(batch)}
+
+    # ----------------------------------------------------------------- evaluation
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._evaluate(batch, "test")
+
+    def label_names(self) -> dict[int, str]:
+        """Organ names from the datamodule (``label_names``), when it has them."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return dict(getattr(datamodule, "label_names", None) or {})
+
+    def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> dict[str, float]:
+        from regframe.metrics import pair_metrics
+
+        disp = self.predict_displacement(batch).float()
+        if "fixed_label" not in batch or "moving_label" not in batch:
+            return {}
+        warped = warp_labels(batch["moving_label"], disp, method=self.label_warp)
+        names = self.label_names()
+        batch_size = disp.shape[0]
+        results: list[dict[str, float]] = []
+        for i in range(batch_size):
+            spacing = batch["spacing"][i].tolist() if "spacing" in batch else [1.0] * (disp.dim() - 2)
+            m = pair_metrics(batch["fixed_label"][i : i + 1], batch["moving_label"][i : i + 1], disp[i : i + 1],
+                             spacing, warped_label=warped[i : i + 1], hd95=self.compute_hd95)
+            flat = {f"{prefix}/dice": m["dice"], f"{prefix}/sdlogj": m["sdlogj_l2r"],
+                    f"{prefix}/sdlogj_plain": m["sdlogj"], f"{prefix}/fold_pct": m["fold_pct"]}
+            if self.compute_hd95:
+                flat[f"{prefix}/hd95"] = m["hd95"]
+            for label, value in m["dice_per_label"].items():
+                flat[f"{prefix}/dice_{_organ_key(names.get(int(label), f'label{int(label)}'))}"] = value
+            results.append(flat)
+        for flat in results:
+            finite = {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
+            self.log_dict(finite, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
+        return results[0] if results else {}
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.estimator.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _organ_key(name: str) -> str:
+    """Metric-key form of an organ name: lower case, spaces to underscores."""
+    return name.strip().lower().replace(" ", "_")

@@ -1,0 +1,105 @@
+"""Spatial operations: known answers for warps, composition, resizing, Jacobians and affines."""
+
+import math
+
+import pytest
+import torch
+
+from regframe.spatial import (affine_to_field, compose, identity_grid, jacobian_determinant,
+                              normalized_to_voxel_affine, resize_field, warp, warp_labels)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (7, 8, 9)])
+def test_identity_grid_holds_voxel_indices(shape):
+    grid = identity_grid(shape)
+    assert grid.shape == (1, len(shape), *shape)
+    index = tuple(n - 2 for n in shape)
+    assert grid[(0, slice(None), *index)].tolist() == list(index)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_warp_integer_shift_is_backward_map(dims):
+    shape = (10, 12, 11)[:dims]
+    image = torch.rand(1, 1, *shape)
+    for axis in range(dims):
+        disp = torch.zeros(1, dims, *shape)
+        disp[:, axis] = 2.0  # warped(x) = moving(x + 2 e_axis)
+        warped = warp(image, disp)
+        inner = [slice(None)] * 2 + [slice(None)] * dims
+        inner[2 + axis] = slice(0, shape[axis] - 2)
+        source = [slice(None)] * 2 + [slice(None)] * dims
+        source[2 + axis] = slice(2, None)
+        torch.testing.assert_close(warped[tuple(inner)], image[tuple(source)])
+
+
+def test_warp_labels_nearest_and_onehot_keep_label_set():
+    labels = torch.zeros(1, 1, 12, 12, 12, dtype=torch.long)
+    labels[..., 2:6, 2:8, 3:9] = 1
+    labels[..., 7:11, 3:9, 2:6] = 2
+    disp = 0.4 * torch.randn(1, 3, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    for method in ("nearest", "onehot"):
+        out = warp_labels(labels, disp, method=method)
+        assert out.dtype == labels.dtype and set(out.unique().tolist()) <= {0, 1, 2}
+    assert torch.equal(warp_labels(labels, torch.zeros_like(disp), method="onehot"), labels)
+
+
+def test_compose_of_translations_adds_them():
+    shape = (8, 9, 10)
+    a = torch.zeros(1, 3, *shape)
+    a[:, 0] = 1.5
+    b = torch.zeros(1, 3, *shape)
+    b[:, 2] = -0.5
+    torch.testing.assert_close(compose(a, b), a + b)
+
+
+def test_compose_order_matches_two_successive_warps(blob_volume):
+    grid = identity_grid(blob_volume.shape[2:])
+    first = 2.0 * torch.sin(grid.flip(1) / 4.0)  # smooth, non-commuting fields of ~2 voxels
+    second = 2.0 * torch.cos(grid.roll(1, dims=1) / 5.0)
+    twice = warp(warp(blob_volume, first), second)
+    once = warp(blob_volume, compose(first, second))
+    wrong = warp(blob_volume, compose(second, first))
+    err = (twice - once)[..., 3:-3, 3:-3, 3:-3].abs().mean()
+    err_wrong = (twice - wrong)[..., 3:-3, 3:-3, 3:-3].abs().mean()
+    assert err < 0.25 * err_wrong
+
+
+def test_resize_field_rescales_vectors():
+    disp = torch.ones(1, 3, 4, 5, 6) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1, 1)
+    up = resize_field(disp, (8, 15, 6))
+    assert up.shape == (1, 3, 8, 15, 6)
+    torch.testing.assert_close(up.mean(dim=(2, 3, 4)), torch.tensor([[2.0, 6.0, 3.0]]))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_jacobian_of_linear_field(dims):
+    shape = (9, 10, 11)[:dims]
+    a = torch.tensor([[0.2, 0.1, 0.0], [-0.1, 0.3, 0.05], [0.0, 0.1, -0.2]])[:dims, :dims]
+    grid = identity_grid(shape)
+    disp = torch.einsum("ij,bj...->bi...", a, grid)
+    det = jacobian_determinant(disp)
+    assert det.shape == (1, *[n - 2 for n in shape])
+    torch.testing.assert_close(det, torch.full_like(det, float(torch.linalg.det(torch.eye(dims) + a))))
+
+
+def test_affine_to_field_rotation_and_normalized_conversion():
+    shape = (10, 12, 14)
+    angle = math.radians(10)
+    theta = torch.tensor([[[math.cos(angle), -math.sin(angle), 0, 0.1],
+                           [math.sin(angle), math.cos(angle), 0, 0.0],
+                           [0, 0, 1, -0.05]]])
+    voxel = normalized_to_voxel_affine(theta, shape)
+    disp = affine_to_field(voxel, shape)
+    # compare with explicit normalised-coordinate mapping of two voxels
+    for x in [(0, 0, 0), (9, 5, 13)]:
+        p = torch.tensor([(2 * xi + 1) / n - 1 for xi, n in zip(x, shape)])
+        q = theta[0, :, :3] @ p + theta[0, :, 3]
+        target = torch.tensor([((qi + 1) * n - 1) / 2 for qi, n in zip(q, shape)])
+        torch.testing.assert_close(torch.tensor(x, dtype=torch.float32) + disp[(0, slice(None), *x)], target)
+
+
+def test_warp_rejects_mismatched_field():
+    with pytest.raises(ValueError, match="channels"):
+        warp(torch.rand(1, 1, 5, 5, 5), torch.zeros(1, 2, 5, 5, 5))
+    with pytest.raises(ValueError, match="grid"):
+        warp(torch.rand(1, 1, 5, 5, 5), torch.zeros(1, 3, 5, 5, 6))
