@@ -171,6 +171,14 @@ def read_keypoints(path: Path) -> torch.Tensor:
     return torch.from_numpy(points)
 
 
+def label_ids(label: np.ndarray) -> list[int]:
+    """Distinct values of an integer label map (bincount: much faster than ``np.unique`` on volumes)."""
+    flat = label.ravel(order="K")
+    if flat.size and flat.min() >= 0:
+        return np.flatnonzero(np.bincount(flat)).tolist()
+    return np.unique(flat).tolist()
+
+
 def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel: int | None = None) -> dict:
     """Read one subject's files into a subject dict (see ``data_modules.preprocess``), checking that
     label and mask share the image grid and that label ids are known."""
@@ -186,15 +194,15 @@ def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel
         label = read_label(entry.label, channel=label_channel)
         check_same_grid(image, label)
         if label_names:
-            unknown = sorted(set(np.unique(label.array).tolist()) - {0, *label_names})
+            unknown = sorted(set(label_ids(label.array)) - {0, *label_names})
             if unknown:
                 raise RegframeInputError(
                     f"{entry.label}: label ids {unknown} are not listed in the dataset json 'labels' {sorted(label_names)}")
-        subject["label"] = torch.from_numpy(label.array)[None]
+        subject["label"] = torch.from_numpy(np.ascontiguousarray(label.array))[None]
     if entry.mask is not None:
         mask = read_label(entry.mask)
         check_same_grid(image, mask)
-        subject["mask"] = torch.from_numpy(mask.array)[None]
+        subject["mask"] = torch.from_numpy(np.ascontiguousarray(mask.array))[None]
     if entry.keypoints is not None:
         subject["points"] = read_keypoints(entry.keypoints)
     return subject

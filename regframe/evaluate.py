@@ -1,0 +1,209 @@
+"""``regframe evaluate``: score Learn2Reg displacement files against a ``{Task}_dataset.json``.
+
+For every ``registration_val`` pair the fixed and moving label maps are read, the moving labels
+warped with ``DIR/disp_{fixed}_{moving}.nii.gz`` (nearest neighbour; channel-last voxels, the
+Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics`. The result
+(per-case metrics, label names, aggregates) is written as JSON and shown as a table.
+
+The dataset file is parsed minimally here (JSON + paths relative to it) so that evaluation does
+not depend on the data modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regframe.errors import RegframeInputError
+from regframe.io import check_same_grid, read_displacement, read_label
+from regframe.metrics import aggregate, pair_metrics
+from regframe.spatial import warp_labels
+
+_SUBJECT_ID = re.compile(r"_(\d{4})_\d{4}\.nii(\.gz)?$")
+
+
+def subject_id(path: str) -> str:
+    """4-digit Learn2Reg subject id of ``.../{Task}_{id}_{modality}.nii.gz``."""
+    match = _SUBJECT_ID.search(path)
+    if match is None:
+        raise RegframeInputError(f"{path}: not a Learn2Reg file name ({{Task}}_XXXX_XXXX.nii.gz)")
+    return match.group(1)
+
+
+def displacement_name(fixed: str, moving: str) -> str:
+    """Learn2Reg submission file name of a pair, e.g. ``disp_0021_0022.nii.gz``."""
+    return f"disp_{subject_id(fixed)}_{subject_id(moving)}.nii.gz"
+
+
+def _load_dataset(dataset_json: Path) -> dict:
+    try:
+        data = json.loads(dataset_json.read_text())
+    except FileNotFoundError as err:
+        raise RegframeInputError(f"{dataset_json}: file not found") from err
+    except json.JSONDecodeError as err:
+        raise RegframeInputError(f"{dataset_json}: invalid JSON ({err})") from err
+    if not data.get("registration_val"):
+        raise RegframeInputError(f"{dataset_json}: no 'registration_val' pairs to evaluate")
+    return data
+
+
+def _label_names(data: dict) -> dict[int, str]:
+    labels = data.get("labels", {})
+    if "0" in labels and isinstance(labels["0"], dict):  # Learn2Reg: {"0": {"1": "spleen", ...}}
+        labels = labels["0"]
+    return {int(k): str(v) for k, v in labels.items() if str(k).isdigit() and int(k) > 0}
+
+
+def _label_path(root: Path, image: str, data: dict, dataset_json: Path) -> Path:
+    """Label file of an image: its ``training`` entry, else ``imagesTr`` -> ``labelsTr`` as Learn2Reg does."""
+    for entry in data.get("training", []):
+        if Path(entry.get("image", "")) == Path(image) and entry.get("label"):
+            return root / entry["label"]
+    if "images" not in image:
+        raise RegframeInputError(f"{dataset_json}: no label file known for {image}")
+    return root / image.replace("images", "labels")
+
+
+def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | Path | None = None,
+                     allow_missing: bool = False, hd95: bool = True) -> dict:
+    """Evaluate every ``registration_val`` pair of ``dataset_json`` with the fields in ``disp_dir``.
+
+    A missing ``disp_*.nii.gz`` raises :class:`RegframeInputError` naming it, unless
+    ``allow_missing``: then the zero field is used (pre-registration scores) and the case is
+    marked ``"missing": true``. Returns (and writes to ``out`` atomically, if given)::
+
+        {"task", "dataset", "disp_dir", "labels": {id: name}, "hd95": bool,
+         "cases": [{"pair", "fixed", "moving", "disp", "missing", "dice", "dice_per_label": {name: Dice},
+                    "hd95", "hd95_vox", "hd95_per_label": {name: mm}, "sdlogj_l2r", "sdlogj", "fold_pct",
+                    "seconds"}, ...],
+         "aggregate": {metric: {"mean", "std", "p30", "n"[, "low30_mean"]}}}
+
+    Units: Dice in [0, 1], HD95 in mm (``hd95_vox`` in voxels, as Learn2Reg reports it), fold in %.
+    NaN is written as ``null``.
+    """
+    dataset_json = Path(dataset_json)
+    disp_dir = Path(disp_dir)
+    data = _load_dataset(dataset_json)
+    root = dataset_json.parent
+    names = _label_names(data)
+    pairs = [(pair["fixed"], pair["moving"]) for pair in data["registration_val"]]
+    files = [disp_dir / displacement_name(fixed, moving) for fixed, moving in pairs]
+    missing = [path for path in files if not path.is_file()]
+    if missing and not allow_missing:
+        raise RegframeInputError(f"{missing[0]}: displacement file not found ({len(missing)} of {len(files)} "
+                                 "missing; pass --allow-missing to score them as zero fields)")
+    labels_cache: dict[str, tuple] = {}
+
+    def labels_of(image: str):
+        if image not in labels_cache:
+            volume = read_label(_label_path(root, image, data, dataset_json))
+            labels_cache[image] = (volume, torch.from_numpy(volume.array))
+        return labels_cache[image]
+
+    cases = []
+    for (fixed, moving), disp_path in zip(pairs, files):
+        start = time.perf_counter()
+        fixed_volume, fixed_label = labels_of(fixed)
+        moving_volume, moving_label = labels_of(moving)
+        check_same_grid(fixed_volume, moving_volume)
+        shape = tuple(fixed_label.shape)
+        is_missing = not disp_path.is_file()
+        disp = torch.zeros(len(shape), *shape) if is_missing else read_displacement(disp_path, shape)
+        warped = warp_labels(moving_label[None, None], disp[None], method="nearest")
+        metrics = pair_metrics(fixed_label, moving_label, disp, fixed_volume.spacing, hd95=hd95, warped_label=warped)
+        case = {"pair": f"{subject_id(fixed)}_{subject_id(moving)}", "fixed": fixed, "moving": moving,
+                "disp": str(disp_path), "missing": is_missing}
+        for key, value in metrics.items():
+            case[key] = ({names.get(label, str(label)): v for label, v in value.items()}
+                         if isinstance(value, dict) else value)
+        case["seconds"] = time.perf_counter() - start
+        cases.append(case)
+    result = {"task": data.get("name", dataset_json.stem), "dataset": str(dataset_json), "disp_dir": str(disp_dir),
+              "labels": {str(k): v for k, v in names.items()}, "hd95": hd95, "cases": cases,
+              "aggregate": aggregate([{k: v for k, v in c.items() if k != "seconds"} for c in cases])}
+    result = _nan_to_none(result)
+    if out is not None:
+        _write_json(Path(out), result)
+    return result
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value
+
+
+def _write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
+def _cell(value, fmt: str, width: int) -> str:
+    return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+
+def format_table(result: dict) -> str:
+    """Readable table: one row per pair (Dice, HD95 mm, SDlogJ, SDlogJ L2R, fold %), then mean/std/p30."""
+    columns = [("dice", "dice", ".4f", 7), ("hd95", "hd95 mm", ".2f", 8), ("sdlogj", "sdlogj", ".4f", 7),
+               ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("fold_pct", "fold %", ".3f", 7)]
+    if not result.get("hd95", True):
+        columns = [c for c in columns if c[0] != "hd95"]
+    pair_width = max([10] + [len(c["pair"]) + 1 for c in result["cases"]])
+    lines = [f"{result['task']}: {len(result['cases'])} pairs, displacements from {result['disp_dir']}",
+             f"{'pair':<{pair_width}}" + "".join(f" {title:>{w}}" for _, title, _, w in columns)]
+    for case in result["cases"]:
+        name = case["pair"] + ("*" if case.get("missing") else "")
+        lines.append(f"{name:<{pair_width}}" + "".join(" " + _cell(case.get(k), f, w) for k, _, f, w in columns))
+    for stat in ("mean", "std", "p30"):
+        lines.append(f"{stat:<{pair_width}}" + "".join(
+            " " + _cell(result["aggregate"].get(k, {}).get(stat), f, w) for k, _, f, w in columns))
+    if "dice" in result["aggregate"]:
+        lines.append(f"lowest 30% of pairs, mean Dice: {result['aggregate']['dice'].get('low30_mean', 0.0):.4f}")
+    if any(case.get("missing") for case in result["cases"]):
+        lines.append("* no displacement file: scored with the zero field (pre-registration)")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``regframe evaluate``."""
+    parser.add_argument("--dataset", required=True, type=Path, help="Learn2Reg {Task}_dataset.json")
+    parser.add_argument("--disp-dir", required=True, type=Path,
+                        help="folder with disp_{fixed}_{moving}.nii.gz (channel-last, voxels)")
+    parser.add_argument("--out", type=Path, default=None, help="write per-case and aggregate metrics here (JSON)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score pairs without a displacement file with the zero field instead of failing")
+    parser.add_argument("--no-hd95", dest="hd95", action="store_false", help="skip HD95 (the slowest metric)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the evaluation, print the table; exit status 2 on bad input."""
+    try:
+        result = evaluate_dataset(args.dataset, args.disp_dir, out=args.out, allow_missing=args.allow_missing,
+                                  hd95=args.hd95)
+    except RegframeInputError as err:
+        print(f"regframe evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out is not None:
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m regframe.evaluate", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
