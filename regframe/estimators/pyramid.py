@@ -127,3 +127,13 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
                 iterations=self.adam_iterations, lr=self.adam_lr, data_weight=self.adam_data_weight,
                 smooth_weight=self.adam_smooth_weight, data_term=self.adam_data_term)
         return disp
+
+
+def mind_pyramid(adam_iterations: int = 40) -> CorrelationPyramidEstimator:
+    """CPU-fast pyramid on MIND-SSC: features of the half-resolution image (MIND r 1, d 1, i.e.
+    about ConvexAdam's d 2 in full-resolution voxels), levels on grids of 16, 8 and 4 image voxels
+    with radius 3 each (reach ±84 voxels), three box filters per convex round (SAMConvex), then
+    Adam IO on the 2-voxel grid (lr 1, λ 1.25)."""
+    return CorrelationPyramidEstimator(
+        features=MINDSSC(radius=1, dilation=1), image_downsample=2, grid_spacing=2, levels=(4, 2, 1),
+        radii=(3, 3, 3), metric="ssd", smooth_iters=3, adam_iterations=adam_iterations, adam_grid_spacing=1)
