@@ -101,8 +101,7 @@ def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
     m = torch.as_tensor(np.asarray(moving.array), dtype=torch.float32)[None, None]
     for name, method in methods.items():
         start = time.perf_counter()
-        with torch.no_grad():
-            disp = method(f, m)
+        disp = method(f, m)  # no outer no_grad: the Adam stages need autograd
         seconds = time.perf_counter() - start
         result = pair_metrics(fixed_label, moving_label, disp.float(), spacing=list(fixed.spacing),
                               labels=pair["labels"], hd95=True)
