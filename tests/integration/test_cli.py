@@ -21,13 +21,16 @@ EXPERIMENTS = REPO / "experiments"
 
 def overlay_base(path: Path) -> Path | None:
     """An overlay config has no ``model.class_path`` of its own; its header comment names the
-    config it is added after (``add after abdomen_cst.yaml``), which is parsed first."""
+    config it is added after (``add after abdomen_cst.yaml`` or an example command line), which
+    is parsed first."""
     config = yaml.safe_load(path.read_text()) or {}
     if (config.get("model") or {}).get("class_path"):
         return None
     header = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
-    match = re.search(r"add (?:it )?after (?:experiments/)?([\w./-]+\.yaml)", header)
-    assert match, f"{path}: overlay config must say which config it is added after ('add after X.yaml')"
+    match = (re.search(r"add (?:it )?after (?:experiments/)?([\w./-]+\.yaml)", header)
+             or re.search(r"--config experiments/([\w./-]+\.yaml) --config", header))
+    assert match, (f"{path}: an overlay config must name its base in its header "
+                   "('add after X.yaml' or '--config experiments/X.yaml --config ...')")
     return EXPERIMENTS / match.group(1)
 
 
