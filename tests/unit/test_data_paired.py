@@ -87,14 +87,16 @@ def test_target_shape_pad_and_resample(layout: Path):
     image = dm.train_subjects[0]["image"]
     assert image.shape == (1, 8, 9, 7) and float(image[0, 0, 0, 0]) == 0.0  # zero padding
     assert dm.train_subjects[0]["spacing"].tolist() == [1.5] * 3
-    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(12, 14, 10), resize="resample")
+    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(12, 14, 10),
+                          resize="resample")
     dm.setup()
     assert dm.train_subjects[0]["image"].shape == (1, 12, 14, 10)
     assert dm.train_subjects[0]["spacing"].tolist() == pytest.approx([0.75, 0.75, 0.75])
 
 
 def test_resample_factor(layout: Path):
-    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(2, 0, 0), target_shape=(8, 8, 6), resample_factor=0.5)
+    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(2, 0, 0), target_shape=(8, 8, 6),
+                          resample_factor=0.5)
     dm.setup()
     assert dm.train_subjects[0]["image"].shape == (1, 4, 4, 3)
     assert dm.train_subjects[0]["spacing"].tolist() == [3.0] * 3

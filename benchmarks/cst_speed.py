@@ -1,0 +1,106 @@
+"""CST speed and memory: training iterations/s and peak memory of the learning stream, and
+per-pair inference time of each test-time refinement setting ({1, 2} warps x {no Adam, Adam},
+ICE on). Random images of the requested size (default: Learn2Reg abdomen, 192x160x256);
+runs on CUDA when available, else CPU. Prints one table.
+
+    OMP_NUM_THREADS=2 python benchmarks/cst_speed.py                      # full size
+    python benchmarks/cst_speed.py --shape 96 80 128 --train-iters 2     # half size, quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_modules.augment import PairAffineAugmentation  # noqa: E402
+from regframe.estimators.refine import RefinedEstimator  # noqa: E402
+from regframe.losses import end_point_error  # noqa: E402
+
+SETTINGS = [("1 warp, no Adam", dict(warps=1, adam_iterations=0)), ("1 warp + Adam", dict(warps=1)),
+            ("2 warps, no Adam", dict(warps=2, adam_iterations=0)), ("2 warps + Adam", dict(warps=2))]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, process peak RSS on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=[192, 160, 256])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--train-iters", type=int, default=3)
+    parser.add_argument("--adam-iters", type=int, default=50)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    estimator = RefinedEstimator(adam_iterations=args.adam_iters).to(device)
+    shape = tuple(args.shape)
+    half = tuple(n // 2 for n in shape)
+    rows = []
+
+    # learning stream: augmentation + h∘g at half-resolution output + EPE loss, Adam step
+    optimiser = torch.optim.Adam(estimator.base.parameters(), lr=1e-3)
+    augment = PairAffineAugmentation()
+    fixed, moving = torch.rand(args.batch, 1, *shape, device=device), torch.rand(args.batch, 1, *shape, device=device)
+    target = torch.randn(args.batch, 3, *half, device=device)
+    estimator.train()
+    timings = []
+    for _ in range(args.train_iters + 1):  # the first iteration is warm-up
+        sync(device)
+        start = time.perf_counter()
+        f, m, t = augment(fixed, moving, target)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = estimator.base(f, m, output_size=half)
+        loss = end_point_error(pred.float(), t, spacing=(4.0, 4.0, 4.0), crop=8)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        sync(device)
+        timings.append(time.perf_counter() - start)
+    per_iter = sum(timings[1:]) / max(len(timings) - 1, 1)
+    rows.append((f"training, batch {args.batch}", f"{1 / per_iter:.3f} it/s ({per_iter:.2f} s/it)",
+                 f"{peak_memory_mb(device):.0f}"))
+
+    estimator.eval()
+    pair = fixed[:1], moving[:1]
+    for name, settings in SETTINGS:
+        variant = estimator.with_settings(**settings)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        variant(*pair)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        variant(*pair)
+        sync(device)
+        rows.append((f"inference: {name} (+ICE)", f"{time.perf_counter() - start:.2f} s/pair",
+                     f"{peak_memory_mb(device):.0f}"))
+
+    threads = torch.get_num_threads()
+    print(f"\nCST speed, input {'x'.join(map(str, shape))}, device {device} ({threads} threads), "
+          f"Adam {args.adam_iters} iterations\n")
+    print("| what | speed | peak memory (MiB) |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+    if device.type == "cpu":
+        print("\nCPU peak memory is the process's peak resident set size so far (cumulative).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""CST feature extractor ``g``: a plain 3D (or 2D) CNN with stride 8 and a stride-2 side output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+class CSTFeatures(NamedTuple):
+    """Outputs of :class:`CSTFeatureNet` for one image batch."""
+
+    coarse: Tensor  # (B, out_channels, *S/8): input of the correlation layer
+    fine: Tensor  # (B, io_channels, *S/2): features for Adam instance optimisation
+
+
+class CSTFeatureNet(nn.Module):
+    """Six 3x3x3 convolutions, each followed by BatchNorm and ReLU, stride 2 in the first, third and
+    fifth (total stride 8), then a 1x1x1 convolution to ``out_channels`` (Bigalke et al. 2023).
+
+    The output of the second block (``channels[1]`` channels, stride 2) is mapped by a separate
+    1x1x1 convolution to ``io_channels`` for instance optimisation. That head receives no gradient
+    (IO is not differentiable), so it stays a fixed random projection, as in the paper.
+    Input ``(B, in_channels, *S)`` with ``S`` divisible by 8 for exact strides.
+
+    Convolutions are He-initialised (``kaiming_normal_``, fan-in, ReLU gain) instead of PyTorch's
+    default, which shrinks activations layer by layer: on AbdomenCTCT_synth (half resolution, three
+    validation pairs, identity Dice 0.268) the random network's refined fields (2 warps + ICE) reached
+    Dice 0.303/0.311 (two seeds) with He init and 0.268 with the default init, and stage 0 of CST
+    is exactly such a random network.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128, 128, 128, 128),
+                 out_channels: int = 16, io_channels: int = 16, spatial_dims: int = 3) -> None:
+        super().__init__()
+        if len(channels) != 6:
+            raise ValueError(f"channels must list the widths of the six convolutions, got {list(channels)}")
+        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
+        blocks = []
+        previous = in_channels
+        for index, width in enumerate(channels):
+            stride = 2 if index % 2 == 0 else 1
+            blocks.append(nn.Sequential(conv(previous, width, 3, stride=stride, padding=1, bias=False),
+                                        norm(width), nn.ReLU(inplace=True)))
+            previous = width
+        self.early = nn.Sequential(*blocks[:2])
+        self.late = nn.Sequential(*blocks[2:])
+        self.head = conv(previous, out_channels, 1)
+        self.io_head = conv(channels[1], io_channels, 1)
+        self.out_channels = out_channels
+        self.stride = 8
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-initialise every convolution (zero biases) and reset the BatchNorm layers."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                module.reset_parameters()
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Correlation features ``(B, out_channels, *S/8)``."""
+        return self.head(self.late(self.early(image)))
+
+    def features(self, image: Tensor) -> CSTFeatures:
+        """Both outputs at once: stride-8 correlation features and stride-2 IO features."""
+        early = self.early(image)
+        return CSTFeatures(self.head(self.late(early)), self.io_head(early))

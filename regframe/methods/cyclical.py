@@ -1,0 +1,221 @@
+"""Cyclical self-training (CST; Bigalke et al., MICCAI 2023).
+
+``f = h∘g`` (:class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`) is trained to
+reproduce pseudo-label fields; the pseudo labels come from the refined pipeline
+(:class:`~regframe.estimators.refine.RefinedEstimator`: ICE, second warp, Adam IO) of the previous
+stage's network, and at stage 0 of a randomly initialised network. Stages and their learning-rate
+restarts are driven by :class:`callbacks.stages.SelfTrainingStages`, label refreshes by
+:class:`callbacks.pseudo_labels.PseudoLabelRefresh`, weighted sampling by
+:class:`callbacks.sampling.DifficultyWeightedSampling`.
+
+Stage numbering: stage 0 = the random network's labels; training stage ``t = 1..stages`` covers
+epochs ``[(t-1) E, t E)`` with ``E = epochs_per_stage`` and learns from the labels of stage ``t-1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from regframe.errors import RegframeInputError
+from regframe.estimators.refine import RefinedEstimator
+from regframe.losses import end_point_error
+from regframe.methods.base import RegistrationModule
+from regframe.pseudo_labels import PseudoLabelStore
+
+
+def _reinitialise(module: torch.nn.Module, seed: int) -> None:
+    """Fresh random weights (and BatchNorm statistics) for every sub-module, reproducibly. Children
+    are reset before their parents, so a parent's own initialisation scheme has the last word."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for child in reversed(list(module.modules())):
+            if hasattr(child, "reset_parameters"):
+                child.reset_parameters()
+            if hasattr(child, "reset_running_stats"):
+                child.reset_running_stats()
+
+
+class CyclicalSelfTraining(RegistrationModule):
+    """CST LightningModule.
+
+    Args:
+        estimator: the refined CST pipeline; ``estimator.base`` is trained, ``estimator`` (with its
+            refinement settings) produces pseudo labels and validation/test fields.
+        stages: number of training stages ``T`` (paper: 8).
+        epochs_per_stage: epochs per stage (paper: 1000 iterations; 190 pairs at batch 2 = 95
+            iterations per epoch, so 11 epochs).
+        label_downsample: pseudo labels and the loss live on the image grid divided by this (2 = half).
+        loss_crop: voxels of the label grid ignored at every border in the loss (paper: 8 at half res).
+        augment: asymmetric random affine augmentation of the learning stream.
+        sigma_fixed, sigma_moving_extra: its strengths (normalised-coordinate matrix entries).
+        pseudo_label_dir: where the pseudo-label store lives (default ``<run dir>/pseudo_labels``).
+        pseudo_label_batch: pairs per forward pass when generating labels.
+        random_init_seed: seed of the random stage-0 network (distinct from the trained one).
+        amp: run the feature CNN under bfloat16 autocast on CUDA (the optimiser stays float32).
+    """
+
+    def __init__(
+        self,
+        estimator: RefinedEstimator | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        stages: int = 8,
+        epochs_per_stage: int = 11,
+        label_downsample: int = 2,
+        loss_crop: int = 8,
+        augment: bool = True,
+        sigma_fixed: float = 0.075,
+        sigma_moving_extra: float = 0.05,
+        pseudo_label_dir: str | None = None,
+        pseudo_label_batch: int = 1,
+        random_init_seed: int = 1234,
+        amp: bool = True,
+        label_warp: str = "nearest",
+        compute_hd95: bool = True,
+    ) -> None:
+        estimator = estimator if estimator is not None else RefinedEstimator()
+        super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
+        # hyper-parameters without modules/callables, so checkpoints load with ``weights_only=True``
+        self.save_hyperparameters(ignore=["estimator", "optimizer", "lr_scheduler"], logger=False)
+        from data_modules.augment import PairAffineAugmentation
+
+        if stages < 1 or epochs_per_stage < 1:
+            raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
+        self.stages = stages
+        self.epochs_per_stage = epochs_per_stage
+        self.label_downsample = label_downsample
+        self.loss_crop = loss_crop
+        self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
+        self.pseudo_label_dir = pseudo_label_dir
+        self.pseudo_label_batch = pseudo_label_batch
+        self.random_init_seed = random_init_seed
+        self.amp = amp
+        self.store: PseudoLabelStore | None = None
+        self.stage_dice: dict[int, float] = {}
+        self._resume: dict | None = None
+
+    # ------------------------------------------------------------------ stages
+    def stage_of_epoch(self, epoch: int) -> int:
+        """Training stage (1-based) that ``epoch`` belongs to."""
+        return epoch // self.epochs_per_stage + 1
+
+    def is_stage_end(self, epoch: int) -> bool:
+        return (epoch + 1) % self.epochs_per_stage == 0
+
+    # ------------------------------------------------------------------ pseudo labels
+    def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(n // self.label_downsample for n in image_shape)
+
+    def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
+        """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
+        datamodule = trainer.datamodule
+        if datamodule is None or not getattr(datamodule, "train_pairs", None):
+            raise RegframeInputError("CyclicalSelfTraining needs a datamodule with train_subjects/train_pairs")
+        image_shape = tuple(datamodule.train_subjects[0]["image"].shape[1:])
+        shape = (len(image_shape), *self.label_shape(image_shape))
+        if self._resume is not None:
+            root = Path(self._resume["root"])
+        elif self.pseudo_label_dir is not None:
+            root = Path(self.pseudo_label_dir)
+        else:
+            from regframe.run_config import RunConfigCallback
+
+            root = RunConfigCallback.run_directory(trainer) / "pseudo_labels"
+        self.store = PseudoLabelStore(root, len(datamodule.train_pairs), shape)
+        if self._resume is not None and self._resume.get("stage") is not None:
+            self.store.use_stage(int(self._resume["stage"]))
+        return self.store
+
+    def random_stage0_estimator(self) -> RefinedEstimator:
+        """A copy of the pipeline with a freshly random feature network (stage-0 labels)."""
+        estimator = copy.deepcopy(self.estimator)
+        _reinitialise(estimator, self.random_init_seed)
+        return estimator
+
+    @torch.no_grad()
+    def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: RefinedEstimator | None = None) -> Tensor:
+        """Run the refined pipeline (eval mode) over every training pair, store the fields at the
+        label resolution as ``stage`` and return the per-pair difficulty: the mean norm (voxels of the
+        label grid) of the change made by Adam IO."""
+        if self.store is None:
+            raise RegframeInputError("pseudo-label store not opened (call open_pseudo_labels first)")
+        estimator = estimator if estimator is not None else self.estimator
+        was_training = estimator.training
+        estimator.eval()
+        writer = self.store.begin_stage(stage)
+        pairs = list(datamodule.train_pairs)
+        subjects = datamodule.train_subjects
+        difficulty = torch.zeros(len(pairs))
+        try:
+            for start in range(0, len(pairs), self.pseudo_label_batch):
+                index = list(range(start, min(start + self.pseudo_label_batch, len(pairs))))
+                fixed = torch.stack([subjects[pairs[i][0]]["image"] for i in index]).to(self.device)
+                moving = torch.stack([subjects[pairs[i][1]]["image"] for i in index]).to(self.device)
+                result = estimator.refine(fixed, moving, self.label_shape(tuple(fixed.shape[2:])))
+                change = (result.after_adam - result.before_adam).norm(dim=1).flatten(1).mean(1)
+                writer.write(index, result.after_adam, change)
+                difficulty[index] = change.cpu()
+            writer.commit()
+        finally:
+            estimator.train(was_training)
+        self.store.use_stage(stage)
+        return difficulty
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        if self.store is None:
+            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
+        fixed, moving = batch["fixed"], batch["moving"]
+        target = self.store.read(batch["pair_index"], device=fixed.device)
+        if self.augmentation is not None:
+            fixed, moving, target = self.augmentation(fixed, moving, target)
+        use_amp = self.amp and fixed.device.type == "cuda"
+        with torch.autocast(device_type=fixed.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = self.estimator.base(fixed, moving, output_size=target.shape[2:])
+        dims = fixed.dim() - 2
+        spacing = batch["spacing"].to(pred) if "spacing" in batch else torch.ones(fixed.shape[0], dims, device=pred.device)
+        mm = (spacing * self.label_downsample).view(-1, dims, *([1] * dims))
+        loss = end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
+        self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
+        self.log("stage", float(self.stage_of_epoch(self.current_epoch)), batch_size=fixed.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ evaluation helpers
+    @torch.no_grad()
+    def mean_val_dice(self, estimator: RefinedEstimator, dataloader: Any) -> float:
+        """Mean Dice of ``estimator`` (eval mode) over a validation dataloader."""
+        from regframe.metrics import pair_metrics
+
+        was_training = estimator.training
+        estimator.eval()
+        scores = []
+        for batch in dataloader:
+            disp = estimator(batch["fixed"].to(self.device), batch["moving"].to(self.device)).float().cpu()
+            for i in range(disp.shape[0]):
+                scores.append(pair_metrics(batch["fixed_label"][i:i + 1], batch["moving_label"][i:i + 1],
+                                           disp[i:i + 1], hd95=False)["dice"])
+        estimator.train(was_training)
+        finite = [s for s in scores if math.isfinite(s)]
+        return sum(finite) / max(len(finite), 1)
+
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cst"] = {
+            "root": str(self.store.root) if self.store is not None else None,
+            "stage": self.store.served_stage if self.store is not None else None,
+            "stage_dice": dict(self.stage_dice),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("cst") or {}
+        self.stage_dice = {int(k): float(v) for k, v in (state.get("stage_dice") or {}).items()}
+        self._resume = state if state.get("root") else None

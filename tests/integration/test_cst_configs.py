@@ -1,0 +1,47 @@
+"""The CST configs (paper setting + demo override, MIND/NCC baselines) parse and run on a tiny phantom."""
+
+from pathlib import Path
+
+import pytest
+
+from regframe.cli import RegframeCLI
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_NET = ["--model.init_args.estimator.init_args.base.init_args.feature_net.init_args.channels=[4,8,8,8,8,8]",
+            "--model.init_args.estimator.init_args.base.init_args.radius=1",
+            "--model.init_args.estimator.init_args.adam_iterations=2",
+            "--model.init_args.estimator.init_args.ice_iterations=2",
+            "--model.init_args.compute_hd95=false"]
+
+
+def tiny_phantom(tmp_path: Path) -> list[str]:
+    return [f"--data.init_args.root={tmp_path / 'phantom'}", "--data.init_args.subjects=5",
+            "--data.init_args.val_subjects=2", "--data.init_args.shape=[32,32,32]", "--data.init_args.spacing=12.0",
+            "--data.init_args.val_max_pairs=1", f"--trainer.default_root_dir={tmp_path}"]
+
+
+def test_cst_demo_config_runs_all_stages(tmp_path, capsys):
+    args = ["fit", f"--config={ROOT / 'experiments' / 'abdomen_cst.yaml'}",
+            f"--config={ROOT / 'experiments' / 'demo.yaml'}", *TINY_NET, *tiny_phantom(tmp_path),
+            "--model.init_args.stages=2", "--model.init_args.epochs_per_stage=1", "--model.init_args.loss_crop=1",
+            f"--model.init_args.pseudo_label_dir={tmp_path / 'pl'}", "--trainer.check_val_every_n_epoch=1",
+            "--trainer.reload_dataloaders_every_n_epochs=1",
+            "--trainer.enable_model_summary=false"]
+    cli = RegframeCLI(args=args)
+    assert cli.trainer.current_epoch == 2
+    assert cli.model.store.stage == 1  # labels of stage 0 (random) and stage 1 (after the first stage)
+    assert sorted(cli.model.stage_dice) == [0, 1, 2]
+    assert cli.trainer.datamodule.sampler_weights is not None
+    assert "| stage | val Dice |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", ["abdomen_mind_supervised.yaml", "abdomen_ncc_supervised.yaml"])
+def test_metric_supervised_configs(tmp_path, config):
+    if config.startswith("abdomen_mind"):
+        pytest.importorskip("regframe.features.mind", reason="MIND-SSC comes with the samconvex branch")
+    args = ["fit", f"--config={ROOT / 'experiments' / config}", "--data=data_modules.phantom.PhantomDataModule",
+            *TINY_NET, *tiny_phantom(tmp_path), "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+            "--trainer.enable_model_summary=false"]
+    cli = RegframeCLI(args=args)
+    assert cli.trainer.current_epoch == 1 and "val/dice" in cli.trainer.callback_metrics

@@ -1,0 +1,69 @@
+"""A CST run stopped in the middle of a stage resumes with the same stage, learning-rate position,
+sampler weights and pseudo labels."""
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from callbacks.pseudo_labels import PseudoLabelRefresh
+from callbacks.sampling import DifficultyWeightedSampling
+from callbacks.stages import SelfTrainingStages
+from data_modules.phantom import PhantomDataModule
+from regframe.estimators.feature_convex import FeatureConvexEstimator
+from regframe.estimators.refine import RefinedEstimator
+from regframe.features.cnn import CSTFeatureNet
+from regframe.methods.cyclical import CyclicalSelfTraining
+from regframe.pseudo_labels import PseudoLabelStore
+
+
+class Probe(Callback):
+    """Records the state seen at every training step (after the stage callback set the LR)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.steps.append({
+            "step": trainer.global_step, "stage": pl_module.stage_of_epoch(trainer.current_epoch),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"], "labels": pl_module.store.served_stage,
+            "labels_all": pl_module.store.read(range(len(trainer.datamodule.train_pairs))).clone(),
+            "weights": None if trainer.datamodule.sampler_weights is None else trainer.datamodule.sampler_weights.clone(),
+        })
+
+
+def make_run(tmp_path, max_steps, probe):
+    pl.seed_everything(0)
+    data = PhantomDataModule(root=str(tmp_path / "phantom"), subjects=5, shape=(32, 32, 32), spacing=12.0,
+                             val_subjects=2, batch_size=2, val_max_pairs=1)
+    net = CSTFeatureNet(channels=(4, 8, 8, 8, 8, 8), out_channels=4, io_channels=4)
+    estimator = RefinedEstimator(FeatureConvexEstimator(net, radius=1), adam_iterations=2, ice_iterations=2)
+    model = CyclicalSelfTraining(estimator, stages=2, epochs_per_stage=2, loss_crop=1, compute_hd95=False,
+                                 pseudo_label_dir=str(tmp_path / "pl"))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    trainer = pl.Trainer(max_epochs=4, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, reload_dataloaders_every_n_epochs=1, check_val_every_n_epoch=2,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path,
+                         callbacks=[SelfTrainingStages(print_table=False), PseudoLabelRefresh(evaluate_stage0=False),
+                                    DifficultyWeightedSampling(), probe, checkpoint])
+    return trainer, model, data
+
+
+def test_resume_mid_stage(tmp_path):
+    # 3 training pairs, batch 2 -> 2 steps per epoch, 4 steps per stage; stop after step 5 (in stage 2)
+    stopped = Probe()
+    trainer, model, data = make_run(tmp_path, 5, stopped)
+    trainer.fit(model, datamodule=data)
+    assert [s["step"] for s in stopped.steps] == [0, 1, 2, 3, 4]
+    assert [s["labels"] for s in stopped.steps] == [0, 0, 0, 0, 1]
+    labels_at_stop = PseudoLabelStore(tmp_path / "pl", 3, model.store.shape)
+    labels_at_stop.use_stage(1)
+    resumed = Probe()
+    trainer, model, data = make_run(tmp_path, 8, resumed)
+    trainer.fit(model, datamodule=data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    first = resumed.steps[0]
+    assert first["step"] == 5 and first["stage"] == 2 and first["labels"] == 1
+    # LR continues inside the stage-2 restart (step 1 of 4), not from its top or from the start
+    assert first["lr"] == SelfTrainingStages().lr_at(5, 4) < stopped.steps[4]["lr"]
+    torch.testing.assert_close(first["weights"], stopped.steps[4]["weights"])
+    torch.testing.assert_close(first["labels_all"], labels_at_stop.read(range(3)))
+    assert model.store.root == tmp_path / "pl" and trainer.global_step == 8
