@@ -2,11 +2,13 @@
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from data_modules.learn2reg import Learn2RegDataModule, Learn2RegSpec, load_dataset_json, subject_id
+from data_modules.paired import PairedDataModule
 from data_modules.phantom import PhantomDataModule, write_phantom_dataset
 
 __all__ = [
     "Learn2RegDataModule",
     "Learn2RegSpec",
+    "PairedDataModule",
     "PhantomDataModule",
     "RegistrationDataModule",
     "enumerate_pairs",

@@ -32,6 +32,12 @@ def subject_id(path: str | Path) -> str:
     return match.group(1) if match else stem
 
 
+def _id_key(value: str | int) -> str:
+    """Comparable subject id: numeric ids match regardless of zero padding (YAML reads 0001 as 1)."""
+    text = str(value)
+    return str(int(text)) if text.isdigit() else text
+
+
 @dataclass(frozen=True)
 class SubjectEntry:
     """Files of one subject (absolute paths; ``None`` where absent)."""
@@ -140,7 +146,8 @@ def load_dataset_json(path: str | Path) -> Learn2RegSpec:
         out = []
         for i, item in enumerate(raw):
             fixed, moving = (resolve(get(item, k, f"{key}[{i}]."), f"{key}[{i}].{k}") for k in ("fixed", "moving"))
-            out.append(PairEntry(by_image.get(fixed) or _entry(fixed, None), by_image.get(moving) or _entry(moving, None)))
+            out.append(PairEntry(by_image.get(fixed) or _entry(fixed, None),
+                                 by_image.get(moving) or _entry(moving, None)))
         return out
 
     labels = data.get("labels", {})
@@ -148,7 +155,8 @@ def load_dataset_json(path: str | Path) -> Learn2RegSpec:
     if labels:
         names = labels.get("0", labels) if isinstance(labels, dict) else None
         if not isinstance(names, dict):
-            raise RegframeInputError(f"{path}: 'labels' should map label ids to names, e.g. {{\"0\": {{\"1\": \"spleen\"}}}}")
+            raise RegframeInputError(
+                f"{path}: 'labels' should map label ids to names, e.g. {{\"0\": {{\"1\": \"spleen\"}}}}")
         try:
             label_names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
         except ValueError as err:
@@ -171,6 +179,14 @@ def read_keypoints(path: Path) -> torch.Tensor:
     return torch.from_numpy(points)
 
 
+def label_ids(label: np.ndarray) -> list[int]:
+    """Distinct values of an integer label map (bincount: much faster than ``np.unique`` on volumes)."""
+    flat = label.ravel(order="K")
+    if flat.size and flat.min() >= 0:
+        return np.flatnonzero(np.bincount(flat)).tolist()
+    return np.unique(flat).tolist()
+
+
 def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel: int | None = None) -> dict:
     """Read one subject's files into a subject dict (see ``data_modules.preprocess``), checking that
     label and mask share the image grid and that label ids are known."""
@@ -186,15 +202,16 @@ def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel
         label = read_label(entry.label, channel=label_channel)
         check_same_grid(image, label)
         if label_names:
-            unknown = sorted(set(np.unique(label.array).tolist()) - {0, *label_names})
+            unknown = sorted(set(label_ids(label.array)) - {0, *label_names})
             if unknown:
                 raise RegframeInputError(
-                    f"{entry.label}: label ids {unknown} are not listed in the dataset json 'labels' {sorted(label_names)}")
-        subject["label"] = torch.from_numpy(label.array)[None]
+                    f"{entry.label}: label ids {unknown} are not listed in the dataset json "
+                    f"'labels' {sorted(label_names)}")
+        subject["label"] = torch.from_numpy(np.ascontiguousarray(label.array))[None]
     if entry.mask is not None:
         mask = read_label(entry.mask)
         check_same_grid(image, mask)
-        subject["mask"] = torch.from_numpy(mask.array)[None]
+        subject["mask"] = torch.from_numpy(np.ascontiguousarray(mask.array))[None]
     if entry.keypoints is not None:
         subject["points"] = read_keypoints(entry.keypoints)
     return subject
@@ -205,7 +222,7 @@ class Learn2RegDataModule(RegistrationDataModule):
 
     Training pairs are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
     training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
-    ids such as ``"0001"`` to choose them). Validation and test both serve ``registration_val``.
+    ids such as ``"0001"`` or ``1`` to choose them). Validation and test both serve ``registration_val``.
     Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
     resolution (images linear, labels nearest; spacing doubles).
     """
@@ -214,7 +231,7 @@ class Learn2RegDataModule(RegistrationDataModule):
         self,
         dataset_json: str,
         pairs: str = "unordered",
-        train_subjects: list[str] | None = None,
+        train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = None,
         shift: float = 0.0,
@@ -238,21 +255,27 @@ class Learn2RegDataModule(RegistrationDataModule):
         self.resample_factor = resample_factor
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
-        self.save_hyperparameters()
+        if type(self) is Learn2RegDataModule:  # subclasses record their own signature
+            self.save_hyperparameters()
 
     def _training_entries(self, spec: Learn2RegSpec) -> list[SubjectEntry]:
         if self.train_subject_ids is not None:
-            known = {e.id: e for e in spec.training}
-            missing = [s for s in self.train_subject_ids if s not in known]
+            known = {_id_key(e.id): e for e in spec.training}
+            missing = [s for s in self.train_subject_ids if _id_key(s) not in known]
             if missing:
-                raise RegframeInputError(f"{spec.json_path}: train_subjects {missing} are not in 'training' (ids {sorted(known)})")
-            return [known[s] for s in self.train_subject_ids]
+                raise RegframeInputError(
+                    f"{spec.json_path}: train_subjects {missing} are not in 'training' "
+                    f"(ids {[e.id for e in spec.training]})")
+            return [known[_id_key(s)] for s in self.train_subject_ids]
         excluded = spec.val_subject_ids if self.exclude_val_subjects else set()
         return [e for e in spec.training if e.id not in excluded]
 
     def _load_subject(self, entry: SubjectEntry, cache: dict[Path, dict]) -> dict:
         if entry.image not in cache:
-            subject = load_subject(entry, self.spec.label_names, self.label_channel)
+            try:
+                subject = load_subject(entry, self.spec.label_names, self.label_channel)
+            except RegframeInputError as err:
+                raise RegframeInputError(f"{err} (listed in {self.spec.json_path})") from err
             subject = resample_by_factor(subject, self.resample_factor)
             subject["image"] = self.intensity(subject["image"])
             cache[entry.image] = subject

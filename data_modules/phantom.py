@@ -1,9 +1,9 @@
 """A built-in deterministic synthetic abdomen in Learn2Reg layout, for tests, demos and CPU-scale runs.
 
-Each subject is a CT-like volume (HU: air -1000 outside an elliptic body, subcutaneous fat, soft
-tissue (muscle wall, visceral fat), a bony spine, 13 organs with AbdomenCTCT's names and label ids) whose organs are ellipsoids
-at plausible relative positions. Subjects differ by a global body scaling, per-organ shifts and
-scalings, and a smooth random deformation, so unregistered pairs overlap only partly and
+Each subject is a CT-like volume in HU: air (-1000) outside an elliptic body, subcutaneous fat, a
+muscle wall, visceral fat, a bony spine, and 13 organs with AbdomenCTCT's names and label ids, drawn
+as ellipsoids at plausible relative positions. Subjects differ by a global body scaling, per-organ
+shifts and scalings, and a smooth random deformation, so unregistered pairs overlap only partly and
 registration has something to recover. Array axes: 0 = patient right -> left, 1 = anterior ->
 posterior, 2 = inferior -> superior.
 """
@@ -47,7 +47,8 @@ BODY_AXES = (0.86, 0.74)  # body ellipse semi-axes (axes 0, 1)
 FAT_HU, MUSCLE_HU, VISCERAL_HU, BONE_HU, AIR_HU = -100.0, 40.0, -40.0, 400.0, -1000.0
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], channels: int, nodes: int, amplitude: float) -> torch.Tensor:
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], channels: int, nodes: int,
+                  amplitude: float) -> torch.Tensor:
     """Random field ``(channels, *shape)``: Gaussian values on a coarse ``nodes^3`` grid, upsampled
     (trilinear) to ``shape``."""
     coarse = torch.from_numpy(rng.normal(0.0, amplitude, (1, channels, *(nodes,) * len(shape))).astype(np.float32))
@@ -99,7 +100,8 @@ def phantom_subject(shape: Sequence[int], rng: np.random.Generator) -> tuple[np.
     return image.round().numpy().astype(np.int16), label.numpy()
 
 
-def _phantom_params(subjects: int, shape: Sequence[int], spacing: Sequence[float], seed: int, val_subjects: int) -> dict:
+def _phantom_params(subjects: int, shape: Sequence[int], spacing: Sequence[float], seed: int,
+                    val_subjects: int) -> dict:
     return {"version": PHANTOM_VERSION, "subjects": subjects, "shape": [int(s) for s in shape],
             "spacing": [float(s) for s in spacing], "seed": seed, "val_subjects": val_subjects}
 
@@ -207,7 +209,7 @@ class PhantomDataModule(Learn2RegDataModule):
         seed: int = 0,
         val_subjects: int = 3,
         pairs: str = "unordered",
-        train_subjects: list[str] | None = None,
+        train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = (-200.0, 300.0),
         shift: float = 0.0,
@@ -223,6 +225,7 @@ class PhantomDataModule(Learn2RegDataModule):
             num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         self.phantom_args = dict(root=root, subjects=subjects, shape=tuple(shape), spacing=spacing, seed=seed,
                                  val_subjects=val_subjects)
+        self.save_hyperparameters()
 
     def prepare_data(self) -> None:
         self.dataset_json = str(ensure_phantom_dataset(**self.phantom_args))

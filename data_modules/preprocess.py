@@ -8,6 +8,7 @@ and ``"points"`` ((N, D) float, voxel coordinates). Arrays keep the on-disk axis
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,10 +64,11 @@ def resize_subject(subject: dict, shape: Sequence[int]) -> dict:
 
 
 def resample_by_factor(subject: dict, factor: float) -> dict:
-    """Resample by ``factor`` per axis (0.5 = half resolution, spacing doubles)."""
+    """Resample by ``factor`` per axis (0.5 = half resolution, spacing doubles); the new size is
+    ``floor(size * factor)`` as in ``torch.nn.functional.interpolate(scale_factor=...)``."""
     if factor == 1.0:
         return subject
-    shape = [max(1, int(round(s * factor))) for s in subject["image"].shape[1:]]
+    shape = [max(1, math.floor(s * factor)) for s in subject["image"].shape[1:]]
     return resize_subject(subject, shape)
 
 

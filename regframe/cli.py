@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from regframe.run_config import RunConfigCallback
@@ -28,7 +28,6 @@ class RegframeCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         import_plugins()
         kwargs.setdefault("save_config_callback", RunConfigCallback)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [RichProgressBar(leave=True)]})
         super().__init__(
             pl.LightningModule,
             pl.LightningDataModule,
@@ -39,6 +38,15 @@ class RegframeCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """Add a Rich progress bar unless the config disables progress bars or brings its own."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [RichProgressBar(leave=True)]}
+        return super().instantiate_trainer(**kwargs)
 
 
 def import_plugins() -> None:
@@ -69,7 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_tool(argv)
     RegframeCLI(args=argv)
+    finish_wandb_run()
     return 0
+
+
+def finish_wandb_run() -> None:
+    """Close the W&B run of a finished command, so the next command in the same process (a
+    notebook, a test) starts its own run instead of appending to this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def lightning_main() -> None:

@@ -5,8 +5,8 @@ warped with ``DIR/disp_{fixed}_{moving}.nii.gz`` (nearest neighbour; channel-las
 Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics`. The result
 (per-case metrics, label names, aggregates) is written as JSON and shown as a table.
 
-The dataset file is parsed minimally here (JSON + paths relative to it) so that evaluation does
-not depend on the data modules.
+The dataset file is parsed by :func:`data_modules.learn2reg.load_dataset_json`, the same parser
+the data modules and ``regframe register --dataset`` use.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,49 +26,9 @@ from regframe.io import check_same_grid, read_displacement, read_label
 from regframe.metrics import aggregate, pair_metrics
 from regframe.spatial import warp_labels
 
-_SUBJECT_ID = re.compile(r"_(\d{4})_\d{4}\.nii(\.gz)?$")
-
-
-def subject_id(path: str) -> str:
-    """4-digit Learn2Reg subject id of ``.../{Task}_{id}_{modality}.nii.gz``."""
-    match = _SUBJECT_ID.search(path)
-    if match is None:
-        raise RegframeInputError(f"{path}: not a Learn2Reg file name ({{Task}}_XXXX_XXXX.nii.gz)")
-    return match.group(1)
-
-
-def displacement_name(fixed: str, moving: str) -> str:
-    """Learn2Reg submission file name of a pair, e.g. ``disp_0021_0022.nii.gz``."""
-    return f"disp_{subject_id(fixed)}_{subject_id(moving)}.nii.gz"
-
-
-def _load_dataset(dataset_json: Path) -> dict:
-    try:
-        data = json.loads(dataset_json.read_text())
-    except FileNotFoundError as err:
-        raise RegframeInputError(f"{dataset_json}: file not found") from err
-    except json.JSONDecodeError as err:
-        raise RegframeInputError(f"{dataset_json}: invalid JSON ({err})") from err
-    if not data.get("registration_val"):
-        raise RegframeInputError(f"{dataset_json}: no 'registration_val' pairs to evaluate")
-    return data
-
-
-def _label_names(data: dict) -> dict[int, str]:
-    labels = data.get("labels", {})
-    if "0" in labels and isinstance(labels["0"], dict):  # Learn2Reg: {"0": {"1": "spleen", ...}}
-        labels = labels["0"]
-    return {int(k): str(v) for k, v in labels.items() if str(k).isdigit() and int(k) > 0}
-
-
-def _label_path(root: Path, image: str, data: dict, dataset_json: Path) -> Path:
-    """Label file of an image: its ``training`` entry, else ``imagesTr`` -> ``labelsTr`` as Learn2Reg does."""
-    for entry in data.get("training", []):
-        if Path(entry.get("image", "")) == Path(image) and entry.get("label"):
-            return root / entry["label"]
-    if "images" not in image:
-        raise RegframeInputError(f"{dataset_json}: no label file known for {image}")
-    return root / image.replace("images", "labels")
+def displacement_name(pair) -> str:
+    """Learn2Reg submission file name of a ``PairEntry``, e.g. ``disp_0021_0022.nii.gz``."""
+    return f"disp_{pair.pair_id}.nii.gz"
 
 
 def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | Path | None = None,
@@ -89,44 +48,49 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     Units: Dice in [0, 1], HD95 in mm (``hd95_vox`` in voxels, as Learn2Reg reports it), fold in %.
     NaN is written as ``null``.
     """
+    from data_modules.learn2reg import load_dataset_json
+
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)
-    data = _load_dataset(dataset_json)
-    root = dataset_json.parent
-    names = _label_names(data)
-    pairs = [(pair["fixed"], pair["moving"]) for pair in data["registration_val"]]
-    files = [disp_dir / displacement_name(fixed, moving) for fixed, moving in pairs]
+    spec = load_dataset_json(dataset_json)
+    if not spec.registration_val:
+        raise RegframeInputError(f"{dataset_json}: no 'registration_val' pairs to evaluate")
+    names = spec.label_names
+    pairs = spec.registration_val
+    files = [disp_dir / displacement_name(pair) for pair in pairs]
     missing = [path for path in files if not path.is_file()]
     if missing and not allow_missing:
         raise RegframeInputError(f"{missing[0]}: displacement file not found ({len(missing)} of {len(files)} "
                                  "missing; pass --allow-missing to score them as zero fields)")
     labels_cache: dict[str, tuple] = {}
 
-    def labels_of(image: str):
-        if image not in labels_cache:
-            volume = read_label(_label_path(root, image, data, dataset_json))
-            labels_cache[image] = (volume, torch.from_numpy(volume.array))
-        return labels_cache[image]
+    def labels_of(entry):
+        if entry.label is None:
+            raise RegframeInputError(f"{dataset_json}: no label file known for {entry.image}")
+        if entry.id not in labels_cache:
+            volume = read_label(entry.label)
+            labels_cache[entry.id] = (volume, torch.from_numpy(volume.array))
+        return labels_cache[entry.id]
 
     cases = []
-    for (fixed, moving), disp_path in zip(pairs, files):
+    for pair, disp_path in zip(pairs, files):
         start = time.perf_counter()
-        fixed_volume, fixed_label = labels_of(fixed)
-        moving_volume, moving_label = labels_of(moving)
+        fixed_volume, fixed_label = labels_of(pair.fixed)
+        moving_volume, moving_label = labels_of(pair.moving)
         check_same_grid(fixed_volume, moving_volume)
         shape = tuple(fixed_label.shape)
         is_missing = not disp_path.is_file()
         disp = torch.zeros(len(shape), *shape) if is_missing else read_displacement(disp_path, shape)
         warped = warp_labels(moving_label[None, None], disp[None], method="nearest")
         metrics = pair_metrics(fixed_label, moving_label, disp, fixed_volume.spacing, hd95=hd95, warped_label=warped)
-        case = {"pair": f"{subject_id(fixed)}_{subject_id(moving)}", "fixed": fixed, "moving": moving,
+        case = {"pair": pair.pair_id, "fixed": str(pair.fixed.image), "moving": str(pair.moving.image),
                 "disp": str(disp_path), "missing": is_missing}
         for key, value in metrics.items():
             case[key] = ({names.get(label, str(label)): v for label, v in value.items()}
                          if isinstance(value, dict) else value)
         case["seconds"] = time.perf_counter() - start
         cases.append(case)
-    result = {"task": data.get("name", dataset_json.stem), "dataset": str(dataset_json), "disp_dir": str(disp_dir),
+    result = {"task": spec.name, "dataset": str(dataset_json), "disp_dir": str(disp_dir),
               "labels": {str(k): v for k, v in names.items()}, "hd95": hd95, "cases": cases,
               "aggregate": aggregate([{k: v for k, v in c.items() if k != "seconds"} for c in cases])}
     result = _nan_to_none(result)

@@ -145,9 +145,10 @@ def main(args: argparse.Namespace) -> int:
         if args.fixed or args.moving:
             raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
         from data_modules.learn2reg import load_dataset_json
+        from regframe.evaluate import displacement_name
 
         spec = load_dataset_json(args.dataset)
-        pairs = [(p.fixed.image, p.moving.image, f"disp_{p.pair_id}.nii.gz") for p in spec.registration_val]
+        pairs = [(p.fixed.image, p.moving.image, displacement_name(p)) for p in spec.registration_val]
         warped_names: list[str | None] = [None] * len(pairs)
     else:
         if not (args.fixed and args.moving):

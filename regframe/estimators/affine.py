@@ -24,15 +24,17 @@ class IterativeAffineEstimator(DisplacementEstimator):
         iterations: Adam iterations per level.
         lr: Adam learning rate on the matrix entries.
         ncc_kernel: window of the local NCC in voxels (at each level).
+        min_size: a level is never coarser than this many voxels along its shortest axis.
     """
 
     def __init__(self, levels: Sequence[int] = (4, 2), iterations: int = 60, lr: float = 0.01,
-                 ncc_kernel: int = 7) -> None:
+                 ncc_kernel: int = 7, min_size: int = 16) -> None:
         super().__init__()
         self.levels = tuple(levels)
         self.iterations = iterations
         self.lr = lr
         self.ncc_kernel = ncc_kernel
+        self.min_size = min_size
 
     @staticmethod
     def _standardise(x: Tensor) -> Tensor:
@@ -47,8 +49,9 @@ class IterativeAffineEstimator(DisplacementEstimator):
         fixed, moving = self._standardise(fixed.float()), self._standardise(moving.float())
         with torch.enable_grad():
             optimizer = torch.optim.Adam([theta], lr=self.lr)
-            for factor in self.levels:
-                size = [max(4, s // factor) for s in fixed.shape[2:]]
+            coarsest = max(1, min(fixed.shape[2:]) // self.min_size)
+            for factor in sorted({min(f, coarsest) for f in self.levels}, reverse=True):
+                size = [s // factor for s in fixed.shape[2:]]
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
                 fixed_l = F.interpolate(fixed, size=size, mode=mode, align_corners=False)
                 moving_l = F.interpolate(moving, size=size, mode=mode, align_corners=False)

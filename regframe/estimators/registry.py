@@ -18,9 +18,23 @@ def _affine() -> DisplacementEstimator:
     return IterativeAffineEstimator()
 
 
+def _convex_adam() -> DisplacementEstimator:
+    from regframe.estimators.convex_adam import ConvexAdamEstimator
+
+    return ConvexAdamEstimator()
+
+
+def _pyramid_mind() -> DisplacementEstimator:
+    from regframe.estimators.pyramid import mind_pyramid
+
+    return mind_pyramid()
+
+
 TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
     "identity": IdentityEstimator,
     "affine": _affine,
+    "convex_adam": _convex_adam,
+    "pyramid_mind": _pyramid_mind,
 }
 
 

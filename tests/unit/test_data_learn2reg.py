@@ -83,9 +83,10 @@ def test_training_pairs_exclude_val_subjects(dataset: Path, mode: str, count: in
 
 def test_train_subjects_and_include_val(dataset: Path):
     dm = Learn2RegDataModule(str(dataset), exclude_val_subjects=False)
+    assert dm.hparams["exclude_val_subjects"] is False and dm.hparams["dataset_json"] == str(dataset)
     dm.setup()
     assert len(dm.train_subjects) == 5 and len(dm.train_pairs) == 10
-    dm = Learn2RegDataModule(str(dataset), train_subjects=["0002", "0005"])
+    dm = Learn2RegDataModule(str(dataset), train_subjects=["0002", 5])  # YAML reads 0005 as 5
     dm.setup()
     assert [s["id"] for s in dm.train_subjects] == ["0002", "0005"]
     with pytest.raises(RegframeInputError, match="0009"):
@@ -201,7 +202,8 @@ def test_missing_pair_key(dataset: Path):
 
 def test_missing_image_file(dataset: Path):
     (dataset.parent / "imagesTr" / "Tiny_0002_0000.nii.gz").unlink()
-    assert "Tiny_0002_0000.nii.gz" in _error(dataset)
+    message = _error(dataset)
+    assert "Tiny_0002_0000.nii.gz" in message and "not found" in message and "Tiny_dataset.json" in message
 
 
 def test_corrupt_nifti(dataset: Path):

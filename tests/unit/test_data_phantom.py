@@ -83,6 +83,18 @@ def test_data_module_writes_once_and_reuses(tmp_path: Path):
     again = PhantomDataModule(root=str(tmp_path), subjects=3, shape=(12, 10, 14), val_subjects=2)
     again.prepare_data()
     assert json_path.stat().st_mtime_ns == stamp
+    assert PhantomDataModule(**dm.hparams).phantom_args == dm.phantom_args  # hparams rebuild the module
     changed = PhantomDataModule(root=str(tmp_path), subjects=3, shape=(12, 10, 14), val_subjects=2, seed=5)
     changed.prepare_data()
     assert json.loads(json_path.read_text())["regframe_phantom"]["seed"] == 5
+
+
+def test_default_root_is_a_parameter_keyed_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("REGFRAME_CACHE", str(tmp_path))
+    small = dict(subjects=2, shape=(8, 8, 8), val_subjects=2, exclude_val_subjects=False)
+    first, second = PhantomDataModule(**small), PhantomDataModule(**small, seed=1)
+    first.prepare_data()
+    second.prepare_data()
+    assert Path(first.dataset_json).parent.parent == tmp_path / "regframe_phantom"
+    assert first.dataset_json != second.dataset_json
+    assert Path(first.dataset_json).is_file() and Path(second.dataset_json).is_file()

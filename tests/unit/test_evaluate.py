@@ -55,10 +55,13 @@ def ref_mean_dice(fixed: np.ndarray, warped: np.ndarray, moving: np.ndarray) -> 
 
 
 def test_displacement_names_follow_learn2reg():
-    assert displacement_name("./imagesTr/AbdomenCTCT_0021_0000.nii.gz",
-                             "./imagesTr/AbdomenCTCT_0022_0000.nii.gz") == "disp_0021_0022.nii.gz"
-    with pytest.raises(RegframeInputError, match="not a Learn2Reg file name"):
-        displacement_name("fixed.nii.gz", "moving.nii.gz")
+    from pathlib import Path
+
+    from data_modules.learn2reg import PairEntry, SubjectEntry
+
+    fixed = SubjectEntry("0021", Path("imagesTr/AbdomenCTCT_0021_0000.nii.gz"))
+    moving = SubjectEntry("0022", Path("imagesTr/AbdomenCTCT_0022_0000.nii.gz"))
+    assert displacement_name(PairEntry(fixed, moving)) == "disp_0021_0022.nii.gz"
 
 
 def test_missing_displacement_is_named(dataset, tmp_path):

@@ -103,3 +103,12 @@ def test_warp_rejects_mismatched_field():
         warp(torch.rand(1, 1, 5, 5, 5), torch.zeros(1, 2, 5, 5, 5))
     with pytest.raises(ValueError, match="grid"):
         warp(torch.rand(1, 1, 5, 5, 5), torch.zeros(1, 3, 5, 5, 6))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_jacobian_closed_form_matches_linalg_det(dims):
+    from regframe.spatial import spatial_gradient
+
+    disp = torch.randn(2, dims, *(7, 8, 9)[:dims], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    jac = spatial_gradient(disp).movedim(1, -1).movedim(1, -1) + torch.eye(dims, dtype=torch.float64)
+    torch.testing.assert_close(jacobian_determinant(disp), torch.linalg.det(jac))

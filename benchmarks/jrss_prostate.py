@@ -1,0 +1,159 @@
+"""JRSS vs Mono-Seg / Mono-Reg on the real prostate MR scans (CPU-sized), one table.
+
+Protocol (as in the paper: the Mono-Nets are pre-trained and initialise the joint models):
+  1. Mono-Seg: segmenter on the N labelled training subjects (soft Dice), ``--seg-epochs``.
+  2. Mono-Reg: registration, MSE + λ_r·diffusion + λ_d·Dice on the labelled subjects' true labels.
+  3. JRSS: ``--rounds`` × (1 student epoch : 5 registration epochs), initialised from 1 and 2.
+  4. Equal-budget baselines: 1 and 2 continued (same mode) for as many steps as JRSS gave each network.
+Evaluation on the held-out test cases of the data module's seeded split: segmentation Dice of the
+gland per test subject, registration Dice of warped moving gland labels per unordered test pair.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.jrss_prostate --seeds 0 --out runs/jrss_prostate
+    python -m benchmarks.jrss_prostate --table-only --out runs/jrss_prostate   # merge seeds, print table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from callbacks.ema import EMATeacher
+from data_modules.paired import PairedDataModule
+from regframe.estimators.obelisk_regressor import ObeliskRegressor
+from regframe.methods.joint_seg_reg import JointSegRegSelfTraining
+from regframe.metrics import pair_metrics
+from regframe.segmenters import NetworkSegmenter
+
+DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, default=Path("runs/jrss_prostate"))
+    parser.add_argument("--num-labelled", type=int, default=5)
+    parser.add_argument("--steps-per-epoch", type=int, default=16)
+    parser.add_argument("--seg-epochs", type=int, default=30)
+    parser.add_argument("--reg-epochs", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--crop", type=int, default=48, help="centred crop of the 69x69x64 MR (voxels)")
+    parser.add_argument("--factor", type=float, default=0.5, help="resampling factor after the crop")
+    parser.add_argument("--table-only", action="store_true")
+    return parser.parse_args()
+
+
+def build_module(args: argparse.Namespace, seed: int, **kwargs) -> JointSegRegSelfTraining:
+    pl.seed_everything(seed, workers=True)
+    options = dict(num_labelled=args.num_labelled, labelled_seed=seed, seg_pretrain_epochs=args.seg_epochs,
+                   reg_pretrain_epochs=args.reg_epochs, rounds=args.rounds, warmup_steps=args.warmup_steps,
+                   compute_hd95=False)
+    options.update(kwargs)
+    return JointSegRegSelfTraining(ObeliskRegressor(spatial_dims=3), NetworkSegmenter(2, spatial_dims=3), **options)
+
+
+def fit(module: JointSegRegSelfTraining, datamodule: PairedDataModule, args: argparse.Namespace,
+        checkpoint: Path) -> float:
+    """Train for ``module.total_epochs`` and save the checkpoint; returns wall seconds."""
+    callbacks = [EMATeacher(decay=0.99)] if module.hparams.mode == "joint" else []
+    trainer = pl.Trainer(max_epochs=module.total_epochs, limit_train_batches=args.steps_per_epoch,
+                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                         default_root_dir=checkpoint.parent)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(checkpoint)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(module: JointSegRegSelfTraining, datamodule: PairedDataModule) -> dict[str, float]:
+    """Mean gland Dice of the segmenter per test subject and of registration per test pair."""
+    module.eval()
+    seg = []
+    for subject in datamodule.test_subjects:
+        predicted = module.segmenter(subject["image"][None]).argmax(dim=1) == 1
+        truth = subject["label"][0] == 1
+        seg.append(2.0 * (predicted & truth[None]).sum().item() / (predicted.sum() + truth.sum()).item())
+    reg, initial, sdlogj = [], [], []
+    for f, m in datamodule.test_pairs:
+        fixed, moving = datamodule.test_subjects[f], datamodule.test_subjects[m]
+        disp = module.estimator(fixed["image"][None], moving["image"][None])
+        labels = (fixed["label"][None], moving["label"][None])
+        metrics = pair_metrics(*labels, disp, fixed["spacing"], hd95=False)
+        reg.append(metrics["dice"])
+        sdlogj.append(metrics["sdlogj"])
+        initial.append(pair_metrics(*labels, torch.zeros_like(disp), fixed["spacing"], hd95=False)["dice"])
+    mean = statistics.fmean
+    return {"seg_dice": mean(seg), "reg_dice": mean(reg), "initial_dice": mean(initial), "sdlogj": mean(sdlogj)}
+
+
+def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) -> None:
+    out = args.out / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    extra_seg, extra_reg = args.rounds * 1, args.rounds * 5
+    runs = [  # name, module options, checkpoint inputs
+        ("mono_seg", dict(mode="mono_seg"), {}),
+        ("mono_reg", dict(mode="mono_reg"), {}),
+        ("jrss", dict(mode="joint", seg_pretrain_epochs=0, reg_pretrain_epochs=0, student_dropout=0.5),
+         {"segmenter_init": "mono_seg", "estimator_init": "mono_reg"}),
+        ("mono_seg_equal", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
+        ("mono_reg_equal", dict(mode="mono_reg", reg_pretrain_epochs=extra_reg, warmup_steps=0),
+         {"estimator_init": "mono_reg"}),
+    ]
+    for name, options, inits in runs:
+        result_file = out / f"{name}.json"
+        if result_file.exists():
+            continue
+        options.update({key: str(out / f"{source}.ckpt") for key, source in inits.items()})
+        module = build_module(args, seed, **options)
+        seconds = fit(module, datamodule, args, out / f"{name}.ckpt")
+        result = evaluate(module, datamodule) | {"train_seconds": seconds, "seed": seed,
+                                                  "labelled_ids": module.hparams["labelled_ids"]}
+        result_file.write_text(json.dumps(result, indent=1))
+        print(name, seed, json.dumps(result), flush=True)
+
+
+def table(out: Path) -> str:
+    rows = {}
+    for path in sorted(out.glob("seed*/*.json")):
+        rows.setdefault(path.stem, []).append(json.loads(path.read_text()))
+
+    def cell(results: list[dict], key: str) -> str:
+        values = [r[key] for r in results]
+        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.3f}{spread}"
+
+    lines = ["| run | seeds | seg Dice (test subjects) | reg Dice (test pairs) | initial Dice | SDlogJ | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("mono_seg", "mono_seg_equal", "mono_reg", "mono_reg_equal", "jrss"):
+        if name in rows:
+            r = rows[name]
+            lines.append(f"| {name} | {','.join(str(x['seed']) for x in r)} | {cell(r, 'seg_dice')} | "
+                         f"{cell(r, 'reg_dice')} | {cell(r, 'initial_dice')} | {cell(r, 'sdlogj')} | "
+                         f"{cell(r, 'train_seconds')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    if not args.table_only:
+        datamodule = PairedDataModule(root=str(DATA / "prostate_mr_us"), pairs="moving-moving", pair_order="ordered",
+                                      target_shape=(args.crop,) * 3, resample_factor=args.factor, label_channel=0,
+                                      batch_size=2, seed=0)
+        datamodule.setup("fit")
+        for seed in args.seeds:
+            run_seed(args, seed, datamodule)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Benchmark regframe's training-free registration against the published ConvexAdam package.
+
+Runs every method on the same pairs in one process (methods interleaved per pair, so CPU load
+from other processes affects them alike) and prints one table: Dice, HD95 (mm), SDlogJ (the
+plain std of log det over non-folded voxels, and Learn2Reg's ``+3`` variant), folded voxels (%)
+and wall-clock seconds per pair of the registration call alone (metrics are not timed).
+
+Data: the ``registration_val`` pairs of ``AbdomenCTCT_synth`` at full size (2 mm) and the real
+``brain_t1_pair`` (Dice over the 30 labels of ``eval_labels.json``), from ``REGFRAME_SHARED_DATA``
+(default ``<repo>/../shared/data``). The published package (PyPI ``convexAdam``,
+``convex_adam_pt`` with its default settings, float32 on CPU) is optional: without it its rows are
+skipped with a message. ``convex_adam_pt`` takes ``(H, W, D)`` arrays and returns an
+``(H, W, D, 3)`` array whose channel ``i`` is the displacement along array axis ``i`` in voxels,
+a backward map (its Adam stage samples the moving features at ``x + u``): exactly regframe's
+convention after moving the channel axis first.
+
+Example (full run, results appended to a JSON-lines log, table printed at the end)::
+
+    OMP_NUM_THREADS=2 python benchmarks/training_free.py --log benchmarks/results/training_free.jsonl
+    python benchmarks/training_free.py --table-only --log benchmarks/results/training_free.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's regframe, not an installed copy
+
+from regframe.estimators.registry import TRAINING_FREE
+from regframe.io import read_image, read_label
+from regframe.metrics import pair_metrics
+
+Method = Callable[[Tensor, Tensor], Tensor]
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("REGFRAME_SHARED_DATA", REPO / ".." / "shared" / "data"))
+
+
+def published_convex_adam() -> Method | None:
+    """The ``convexAdam`` package's ``convex_adam_pt`` with its defaults, or None if not installed."""
+    try:
+        from convexAdam.convex_adam_MIND import convex_adam_pt
+    except ImportError:
+        return None
+
+    def run(fixed: Tensor, moving: Tensor) -> Tensor:
+        disp = convex_adam_pt(fixed[0, 0].numpy(), moving[0, 0].numpy(), dtype=torch.float32,
+                              device=torch.device("cpu"))
+        return torch.from_numpy(np.ascontiguousarray(disp)).float().permute(3, 0, 1, 2)[None]
+
+    return run
+
+
+def embedding_method(checkpoint: Path) -> Method:
+    """SAMConvex pyramid with the embedding trained by ``AnatomicalEmbeddingPretraining``."""
+    from regframe.methods.discrete_pyramid import load_samconvex_estimator
+
+    estimator, intensity = load_samconvex_estimator(checkpoint)
+    return lambda fixed, moving: estimator(intensity(fixed), intensity(moving))
+
+
+def abdomen_pairs(root: Path, limit: int | None) -> list[dict]:
+    task = root / "AbdomenCTCT_synth"
+    spec = json.loads((task / "AbdomenCTCT_dataset.json").read_text())
+    pairs = []
+    for entry in spec["registration_val"][:limit]:
+        pairs.append({"dataset": "abdomen", "id": f"{Path(entry['fixed']).name[12:16]}<-{Path(entry['moving']).name[12:16]}",
+                      "fixed": task / entry["fixed"], "moving": task / entry["moving"],
+                      "fixed_label": task / entry["fixed"].replace("imagesTr", "labelsTr"),
+                      "moving_label": task / entry["moving"].replace("imagesTr", "labelsTr"), "labels": None})
+    return pairs
+
+
+def brain_pair(root: Path) -> list[dict]:
+    folder = root / "brain_t1_pair"
+    labels = json.loads((folder / "eval_labels.json").read_text())["labels"]
+    return [{"dataset": "brain", "id": "a<-b", "fixed": folder / "subject_a_t1.nii.gz",
+             "moving": folder / "subject_b_t1.nii.gz", "fixed_label": folder / "subject_a_aseg.nii.gz",
+             "moving_label": folder / "subject_b_aseg.nii.gz", "labels": labels}]
+
+
+def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
+    fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
+    fixed_label = torch.as_tensor(np.asarray(read_label(pair["fixed_label"]).array)).long()
+    moving_label = torch.as_tensor(np.asarray(read_label(pair["moving_label"]).array)).long()
+    f = torch.as_tensor(np.asarray(fixed.array), dtype=torch.float32)[None, None]
+    m = torch.as_tensor(np.asarray(moving.array), dtype=torch.float32)[None, None]
+    for name, method in methods.items():
+        start = time.perf_counter()
+        disp = method(f, m)  # no outer no_grad: the Adam stages need autograd
+        seconds = time.perf_counter() - start
+        result = pair_metrics(fixed_label, moving_label, disp.float(), spacing=list(fixed.spacing),
+                              labels=pair["labels"], hd95=True)
+        row = {"dataset": pair["dataset"], "pair": pair["id"], "method": name, "dice": result["dice"],
+               "hd95": result["hd95"], "sdlogj": result["sdlogj"], "sdlogj_l2r": result["sdlogj_l2r"],
+               "fold_pct": result["fold_pct"], "seconds": seconds}
+        with log.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def table(log: Path) -> str:
+    """One table over all rows of the log: mean per (dataset, method)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        groups[(row["dataset"], row["method"])].append(row)
+    keys = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "fold_pct", "seconds")
+    lines = ["| dataset | method | pairs | Dice | HD95 mm | SDlogJ | SDlogJ (L2R) | fold % | s / pair |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, method), rows in sorted(groups.items()):
+        mean = {k: _nanmean([r[k] for r in rows]) for k in keys}
+        lines.append(f"| {dataset} | {method} | {len(rows)} | {mean['dice']:.4f} | {mean['hd95']:.2f} | "
+                     f"{mean['sdlogj']:.3f} | {mean['sdlogj_l2r']:.3f} | {mean['fold_pct']:.4f} | {mean['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log", type=Path, default=REPO / "benchmarks" / "results" / "training_free.jsonl")
+    parser.add_argument("--methods", nargs="+", default=["convex_adam", "pyramid_mind"],
+                        help=f"regframe methods from the registry ({', '.join(sorted(TRAINING_FREE))})")
+    parser.add_argument("--pairs", type=int, default=None, help="first N abdomen pairs (default all 15)")
+    parser.add_argument("--skip-package", action="store_true", help="leave out the published convexAdam package")
+    parser.add_argument("--no-brain", action="store_true", help="leave out the brain pair")
+    parser.add_argument("--embedding-checkpoint", type=Path, default=None,
+                        help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' (abdomen only)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true", help="print the table of an existing log")
+    args = parser.parse_args()
+    if args.table_only:
+        print(table(args.log))
+        return
+    torch.set_num_threads(args.threads)
+    root = shared_data()
+    if not (root / "AbdomenCTCT_synth").is_dir():
+        raise SystemExit(f"shared data not found at {root}; set REGFRAME_SHARED_DATA")
+    methods: dict[str, Method] = {}
+    if not args.skip_package:
+        package = published_convex_adam()
+        if package is None:
+            print("convexAdam package not installed (pip install convexAdam --no-deps): its rows are skipped")
+        else:
+            methods["convexAdam (package)"] = package
+    for name in args.methods:
+        methods[name] = TRAINING_FREE[name]()
+    abdomen_methods = dict(methods)
+    if args.embedding_checkpoint is not None:
+        abdomen_methods["samconvex_embedding"] = embedding_method(args.embedding_checkpoint)
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    for pair in abdomen_pairs(root, args.pairs):
+        evaluate(pair, abdomen_methods, args.log)
+    if not args.no_brain:
+        for pair in brain_pair(root):
+            evaluate(pair, methods, args.log)
+    print(table(args.log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""AdaCS and its baselines: scorer objective, gradient isolation, schedule, estimators in 2D/3D."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader
+
+from callbacks.snapshots import WeightMapSnapshot, map_to_image
+from regframe.estimators.transmorph import TransMorph
+from regframe.estimators.unet_regressor import UNetRegressor, default_unet
+from regframe.features.scoring import ScoringUNet, VarianceUNet
+from regframe.methods.adaptive_scoring import MODES, AdaptiveCorrespondenceScoring, scoring_objective
+from regframe.spatial import compose
+
+warnings.filterwarnings("ignore", category=UserWarning)
+TINY = (4, 8, 8, 8, 8, 4)
+
+
+def tiny_module(mode: str = "adacs", dims: int = 2, warmup: int = 1) -> AdaptiveCorrespondenceScoring:
+    estimator = UNetRegressor(dims, backbone=default_unet(dims, features=TINY), backbone_channels=TINY[-1],
+                              init_std=1e-2)
+    weight_net = {"adacs": ScoringUNet(dims, features=TINY), "nll": VarianceUNet(dims, features=TINY),
+                  "beta_nll": VarianceUNet(dims, features=TINY)}.get(mode)
+    return AdaptiveCorrespondenceScoring(estimator, mode=mode, weight_net=weight_net, spatial_dims=dims,
+                                         warmup_epochs=warmup, compute_hd95=False,
+                                         optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+
+
+def blob_pair(shape=(16, 16), shift: float = 2.0) -> dict:
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    centre = torch.tensor([n / 2 for n in shape]).view(-1, *([1] * len(shape)))
+    fixed = torch.exp(-((grid - centre) ** 2).sum(0) / 12.0)
+    moving = torch.exp(-((grid - centre - shift) ** 2).sum(0) / 12.0)
+    return {"fixed": fixed[None, None], "moving": moving[None, None]}
+
+
+def grads(module: torch.nn.Module) -> list:
+    return [p.grad for p in module.parameters()]
+
+
+# ---------------------------------------------------------------- scorer objective
+def optimise_score(r2: torch.Tensor, reg_weight: float, steps: int = 300) -> torch.Tensor:
+    logits = torch.zeros_like(r2, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        scoring_objective(logits.sigmoid(), r2, reg_weight, 0.0).backward()
+        opt.step()
+    return logits.detach().sigmoid()
+
+
+def test_scorer_does_not_collapse_with_regulariser_and_reaches_known_optimum():
+    torch.manual_seed(0)
+    r2 = torch.rand(1, 1, 12, 12) * 0.02  # squared residuals of images in [0, 1]
+    score = optimise_score(r2, reg_weight=0.02)
+    assert score.min() > 0.4  # far from the all-zero solution
+    # per voxel, S r² + α (1 − S)² is minimal at S = 1 − r² / (2α)
+    assert torch.allclose(score, 1 - r2 / 0.04, atol=0.03)
+    collapsed = optimise_score(r2, reg_weight=0.0)
+    assert collapsed.max() < 0.05  # without L_reg the trivial all-zero map wins
+
+
+def test_tv_term_smooths_the_score():
+    r2 = torch.zeros(1, 1, 12, 12)
+    r2[..., ::2] = 0.03  # striped residual -> striped optimum without TV
+    score = torch.full_like(r2, 0.5, requires_grad=True)
+    rough = scoring_objective(score, r2, 0.02, 0.0)
+    smooth = scoring_objective(score, r2, 0.02, 1.0)
+    assert torch.isclose(rough, smooth)  # a constant map has no TV
+    striped = (1 - r2 / 0.04).requires_grad_()
+    assert scoring_objective(striped, r2, 0.02, 1.0) > scoring_objective(striped, r2, 0.02, 0.0)
+
+
+# ---------------------------------------------------------------- gradient isolation
+def test_scoring_step_does_not_reach_the_displacement_net():
+    module = tiny_module("adacs")
+    loss, _ = module.scoring_loss(blob_pair())
+    loss.backward()
+    assert all(g is None for g in grads(module.estimator))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.weight_net))
+
+
+def test_displacement_step_does_not_reach_the_scorer():
+    module = tiny_module("adacs")
+    loss, _ = module.displacement_loss(blob_pair(), use_score=True)
+    loss.backward()
+    assert all(g is None for g in grads(module.weight_net))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.estimator))
+
+
+@pytest.mark.parametrize("mode", ["nll", "beta_nll"])
+def test_variance_net_trains_jointly_but_does_not_feed_back_through_the_warped_input(mode):
+    module = tiny_module(mode)
+    loss, _ = module.displacement_loss(blob_pair())
+    loss.backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.weight_net))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.estimator))
+
+
+def test_momentum_follows_the_paper():
+    module = tiny_module("adacs")
+    batch = blob_pair()
+    assert module.residual_momentum.item() == 0.0  # m_0 = 0
+    _, logs = module.scoring_loss(batch)
+    expected = 0.01 * math.cos(math.pi / 2 * logs["mu"].item())
+    assert module.residual_momentum.item() == pytest.approx(expected, rel=1e-5)
+    module.eval()
+    module.scoring_loss(batch)  # no update outside training
+    assert module.residual_momentum.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------- schedule
+def test_schedule_phases():
+    module = tiny_module("adacs", warmup=2)
+    assert [module.phase(e) for e in range(6)] == ["displacement"] * 2 + ["scoring"] * 2 + ["alternate"] * 2
+    assert tiny_module("adacs", warmup=0).phase(0) == "alternate"
+    for mode in set(MODES) - {"adacs"}:
+        assert tiny_module(mode).phase(5) == "displacement"
+
+
+class ParameterWatch(pl.Callback):
+    """Records, per epoch, which networks changed."""
+
+    def __init__(self) -> None:
+        self.changed: list[tuple[bool, bool]] = []
+
+    @staticmethod
+    def flat(net: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in net.parameters()]).clone()
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.before = (self.flat(module.estimator), self.flat(module.weight_net))
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        after = (self.flat(module.estimator), self.flat(module.weight_net))
+        self.changed.append(tuple(not torch.equal(a, b) for a, b in zip(self.before, after)))
+
+
+def test_training_switches_networks_at_the_right_epochs():
+    module = tiny_module("adacs", warmup=1)
+    batch = blob_pair()
+    loader = DataLoader([batch, batch], batch_size=None)
+    watch = ParameterWatch()
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[watch], accelerator="cpu")
+    trainer.fit(module, train_dataloaders=loader)
+    # (estimator changed, scorer changed) per epoch: displacement only, scoring only, both
+    assert watch.changed == [(True, False), (False, True), (True, True)]
+    assert module.residual_momentum.item() > 0
+
+
+# ---------------------------------------------------------------- baselines' weights
+def test_adaptive_weights_are_in_range_and_monotone():
+    module = tiny_module("adaframe")
+    r2 = torch.linspace(0, 0.1, 64).view(1, 1, 8, 8)
+    frame = module.adaframe_weight(r2)
+    assert frame.min() >= 0 and frame.max() <= 1
+    assert torch.all(frame.flatten().diff() <= 1e-7)  # larger residual -> smaller data weight
+    reg = tiny_module("adareg").adareg_weight(r2)
+    assert reg.flatten()[0] == pytest.approx(1.0) and torch.all(reg.flatten().diff() <= 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_trains_one_step_and_exposes_weight_maps(mode):
+    module = tiny_module(mode, warmup=0)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, train_dataloaders=DataLoader([blob_pair()], batch_size=None))
+    maps = module.weight_maps(blob_pair())
+    assert "residual" in maps and (len(maps) == 2) == (mode != "vanilla")
+    assert all(m.shape == (1, 1, 16, 16) and torch.isfinite(m).all() for m in maps.values())
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="mode"):
+        tiny_module("nope")
+
+
+# ---------------------------------------------------------------- estimators
+@pytest.mark.parametrize("dims,shape", [(2, (20, 18)), (3, (10, 12, 9))])
+def test_regressors_forward_2d_3d(dims, shape):
+    torch.manual_seed(0)
+    fixed, moving = torch.rand(2, 1, *shape), torch.rand(2, 1, *shape)
+    for estimator in (UNetRegressor(dims, backbone=default_unet(dims, features=TINY), backbone_channels=TINY[-1]),
+                      UNetRegressor(dims, backbone=default_unet(dims, features=TINY), backbone_channels=TINY[-1],
+                                    integration_steps=4),
+                      TransMorph(dims, feature_size=12)):
+        disp = estimator(fixed, moving)
+        assert disp.shape == (2, dims, *shape)
+        assert disp.abs().max() < 0.05  # near-identity at initialisation
+
+
+def test_scaling_and_squaring_matches_regframe_convention():
+    torch.manual_seed(0)
+    est = UNetRegressor(2, backbone=default_unet(2, features=TINY), backbone_channels=TINY[-1], integration_steps=1)
+    velocity = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 24, 24) * 3, 5, 1, 2)
+    # one squaring step: exp(v) ≈ (id + v/2)∘(id + v/2), regframe's backward composition
+    assert torch.allclose(est.integrate(velocity), compose(velocity / 2, velocity / 2), atol=1e-5)
+    constant = torch.ones(1, 2, 12, 12) * torch.tensor([1.5, -0.5]).view(1, 2, 1, 1)
+    assert torch.allclose(est.integrate(constant), constant, atol=1e-5)  # a translation integrates to itself
+
+
+def test_regressor_rejects_mismatched_inputs():
+    est = UNetRegressor(2, backbone=default_unet(2, features=TINY), backbone_channels=TINY[-1])
+    with pytest.raises(ValueError, match="fixed"):
+        est(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+# ---------------------------------------------------------------- snapshots
+class RecordingWandb(WandbLogger):
+    def __init__(self) -> None:  # no W&B run is created
+        self.calls = []
+
+    def log_image(self, key, images, step=None, **kwargs):
+        self.calls.append((key, images, kwargs))
+
+
+def test_snapshot_logs_score_next_to_residual_only_for_wandb():
+    batch = blob_pair((12, 10, 8))
+    module = tiny_module("adacs", dims=3)
+    callback = WeightMapSnapshot(every_n_steps=1)
+    callback.on_train_batch_end(SimpleNamespace(loggers=[], global_step=0), module, None, batch, 0)  # no-op
+    wandb = RecordingWandb()
+    callback.on_train_batch_end(SimpleNamespace(loggers=[wandb], global_step=0), module, None, batch, 0)
+    (key, images, kwargs), = wandb.calls
+    assert kwargs["caption"] == ["residual", "score"]
+    assert all(im.shape == (12, 10) and 0 <= im.min() and im.max() <= 1 for im in images)
+    assert map_to_image(torch.ones(1, 4, 4)).max() == 0  # a constant map does not divide by zero

@@ -1,0 +1,114 @@
+"""PairedDataModule on a tiny fixed/moving folder layout (different grids, 4-D channel-last labels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_modules.paired import PairedDataModule, split_cases
+from regframe.errors import RegframeInputError
+from regframe.io import write_nifti
+
+FIXED, MOVING = (6, 7, 5), (8, 9, 7)
+AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
+
+
+def _write_layout(root: Path, cases: int = 6) -> Path:
+    """Case k: fixed = k (uint8 constant), moving = 10*k + a centred 6x7x5 block of 200; labels with
+    1-3 channels, channel 0 = a block of ones."""
+    for k in range(cases):
+        name = f"obs{k:03d}.nii.gz"
+        write_nifti(root / "fixed_images" / name, np.full(FIXED, k, np.uint8), AFFINE)
+        moving = np.full(MOVING, 10 * k, np.uint8)
+        moving[1:7, 1:8, 1:6] = 200
+        write_nifti(root / "moving_images" / name, moving, AFFINE)
+        channels = 1 + k % 3
+        for side, shape in (("fixed", FIXED), ("moving", MOVING)):
+            label = np.zeros((*shape, channels), np.float64)
+            label[1:4, 1:4, 1:4, 0] = 1.0
+            label[..., 1:] = 0.0
+            write_nifti(root / f"{side}_labels" / name, label, AFFINE)
+    return root
+
+
+@pytest.fixture()
+def layout(tmp_path: Path) -> Path:
+    return _write_layout(tmp_path)
+
+
+def test_split_counts_fractions_and_seed():
+    cases = [f"c{i}" for i in range(10)]
+    parts = split_cases(cases, (6, 2, 2), seed=0)
+    assert [len(parts[p]) for p in ("train", "val", "test")] == [6, 2, 2]
+    assert sorted(sum(parts.values(), [])) == cases
+    assert split_cases(cases, (6, 2, 2), seed=0) == parts != split_cases(cases, (6, 2, 2), seed=1)
+    assert [len(v) for v in split_cases(cases, (0.8, 0.1, 0.1), 0).values()] == [8, 1, 1]
+    assert [len(v) for v in split_cases(cases, (0.5, 0.2, 0.0), 0).values()] == [5, 2, 0]
+    with pytest.raises(RegframeInputError, match="split"):
+        split_cases(cases, (8, 2, 2), 0)
+
+
+def test_fixed_moving_pairs_share_the_fixed_grid(layout: Path):
+    dm = PairedDataModule(str(layout), pairs="fixed-moving", split=(4, 1, 1))
+    dm.setup()
+    assert len(dm.train_subjects) == 8 and dm.train_pairs == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert dm.label_names == {1: "gland"}
+    batch = next(iter(dm.val_dataloader()))
+    case = dm.splits["val"][0]
+    assert batch["pair_id"] == [f"{case}_{case}"]
+    assert batch["fixed"].shape == batch["moving"].shape == (1, 1, *FIXED)
+    k = int(case[3:])
+    assert torch.allclose(batch["fixed"], torch.full_like(batch["fixed"], k / 255))
+    # the centred 6x7x5 crop of the moving image is exactly its block of 200
+    assert torch.allclose(batch["moving"], torch.full_like(batch["moving"], 200 / 255))
+    assert batch["fixed_label"].dtype == torch.long and int(batch["fixed_label"].sum()) == 27
+    assert batch["spacing"].tolist() == [[1.5, 1.5, 1.5]]
+
+
+@pytest.mark.parametrize(("order", "count"), [("unordered", 6), ("ordered", 12)])
+def test_inter_patient_pairs(layout: Path, order: str, count: int):
+    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(4, 2, 0), pair_order=order)
+    dm.setup()
+    assert len(dm.train_subjects) == 4 and len(dm.train_pairs) == count
+    assert len(dm.val_pairs) == 1 and dm.test_pairs == []
+    assert all(s["image"].shape == (1, *MOVING) for s in dm.train_subjects)
+    assert all(s["label"].shape == (1, *MOVING) for s in dm.train_subjects)
+    assert not set(dm.splits["train"]) & set(dm.splits["val"])
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pair_index"].shape == (1,)
+
+
+def test_target_shape_pad_and_resample(layout: Path):
+    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(8, 9, 7))
+    dm.setup()
+    image = dm.train_subjects[0]["image"]
+    assert image.shape == (1, 8, 9, 7) and float(image[0, 0, 0, 0]) == 0.0  # zero padding
+    assert dm.train_subjects[0]["spacing"].tolist() == [1.5] * 3
+    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(12, 14, 10),
+                          resize="resample")
+    dm.setup()
+    assert dm.train_subjects[0]["image"].shape == (1, 12, 14, 10)
+    assert dm.train_subjects[0]["spacing"].tolist() == pytest.approx([0.75, 0.75, 0.75])
+
+
+def test_resample_factor(layout: Path):
+    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(2, 0, 0), target_shape=(8, 8, 6),
+                          resample_factor=0.5)
+    dm.setup()
+    assert dm.train_subjects[0]["image"].shape == (1, 4, 4, 3)
+    assert dm.train_subjects[0]["spacing"].tolist() == [3.0] * 3
+
+
+def test_errors_name_the_file(layout: Path, tmp_path: Path):
+    with pytest.raises(RegframeInputError, match="label_channel"):
+        PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), label_channel=None).setup()
+    with pytest.raises(RegframeInputError, match="fixed_images"):
+        PairedDataModule(str(tmp_path / "nowhere"), split=(1, 0, 0)).setup()
+    (layout / "moving_images" / "obs005.nii.gz").unlink()
+    with pytest.raises(RegframeInputError, match="obs005"):
+        PairedDataModule(str(layout), split=(2, 0, 0)).setup()
+    with pytest.raises(RegframeInputError, match="pairs"):
+        PairedDataModule(str(layout), pairs="mr-us")

@@ -1,0 +1,49 @@
+"""Preprocessing keeps world coordinates consistent: pad/crop and resampling update affine and points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_modules.preprocess import IntensityMap, pad_crop_subject, resample_by_factor
+
+
+def _subject(shape=(6, 8, 4)) -> dict:
+    image = torch.arange(float(np.prod(shape))).reshape(1, *shape)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [10.0, -4.0, 3.0]
+    return {"id": "s", "image": image, "label": (image > 20).long(), "spacing": torch.full((3,), 2.0),
+            "affine": affine, "points": torch.tensor([[1.0, 2.0, 3.0], [4.5, 0.0, 1.0]])}
+
+
+def _world(affine: np.ndarray, points: torch.Tensor) -> np.ndarray:
+    return points.double().numpy() @ affine[:3, :3].T + affine[:3, 3]
+
+
+def test_intensity_map():
+    x = torch.tensor([-1000.0, 0.0, 1000.0])
+    assert IntensityMap((-200.0, 300.0), 0.0, 1 / 500)(x).tolist() == pytest.approx([-0.4, 0.0, 0.6])
+    assert IntensityMap(None, 1.0, 2.0)(x).tolist() == [-1998.0, 2.0, 2002.0]
+
+
+def test_pad_crop_keeps_world_positions():
+    subject = _subject()
+    out = pad_crop_subject(subject, (4, 10, 4))  # crop axis 0 by 2, pad axis 1 by 2
+    assert out["image"].shape == (1, 4, 10, 4)
+    assert torch.equal(out["image"][0, :, 1:9], subject["image"][0, 1:5])
+    assert float(out["image"][0, 0, 0, 0]) == 0.0
+    assert torch.equal(out["label"][0, :, 1:9], subject["label"][0, 1:5])
+    assert np.allclose(_world(out["affine"], out["points"]), _world(subject["affine"], subject["points"]))
+    assert out["spacing"].tolist() == [2.0] * 3
+
+
+def test_resample_keeps_field_of_view():
+    subject = _subject()
+    out = resample_by_factor(subject, 0.5)
+    assert out["image"].shape == (1, 3, 4, 2) and out["label"].shape == (1, 3, 4, 2)
+    assert out["spacing"].tolist() == [4.0] * 3
+    assert np.allclose(_world(out["affine"], out["points"]), _world(subject["affine"], subject["points"]))
+    # a voxel centre of the new grid maps to the old-grid position (i + 0.5) * 2 - 0.5
+    assert np.allclose(_world(out["affine"], torch.zeros(1, 3)), _world(subject["affine"], torch.full((1, 3), 0.5)))
+    assert resample_by_factor(subject, 1.0) is subject
