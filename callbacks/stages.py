@@ -62,7 +62,9 @@ class SelfTrainingStages(Callback):
             return
         dice = trainer.callback_metrics.get("val/dice")
         if dice is not None:
-            pl_module.stage_dice[pl_module.stage_of_epoch(epoch)] = float(dice)
+            stage = pl_module.stage_of_epoch(epoch)
+            pl_module.stage_dice[stage] = float(dice)
+            rank_zero_info(f"stage {stage} done: val Dice {float(dice):.4f}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.print_table and trainer.is_global_zero:

@@ -41,7 +41,7 @@ def test_metric_supervised_configs(tmp_path, config):
         pytest.importorskip("regframe.features.mind", reason="MIND-SSC comes with the samconvex branch")
     args = ["fit", f"--config={ROOT / 'experiments' / config}", "--data=data_modules.phantom.PhantomDataModule",
             *TINY_NET, *tiny_phantom(tmp_path), "--data.init_args.batch_size=2", "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+            "--trainer.limit_train_batches=1", "--trainer.check_val_every_n_epoch=1", "--trainer.logger=false",
             "--trainer.enable_model_summary=false"]
     cli = RegframeCLI(args=args)
     assert cli.trainer.current_epoch == 1 and "val/dice" in cli.trainer.callback_metrics

@@ -17,7 +17,7 @@ def test_cnn_strides_and_io_features():
     assert feats.coarse.shape == (2, 4, 2, 3, 4) and feats.fine.shape == (2, 4, 8, 12, 16)
     default = CSTFeatureNet()
     assert default.early[1][0].out_channels == 64 and default.head.out_channels == 16
-    weight = default.late[1][0].weight  # He initialisation: std sqrt(2 / fan_in)
+    weight = CSTFeatureNet(init="kaiming").late[1][0].weight  # He initialisation: std sqrt(2 / fan_in)
     assert abs(weight.std().item() / (2 / (128 * 27)) ** 0.5 - 1) < 0.05
 
 
