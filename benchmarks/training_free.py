@@ -137,7 +137,7 @@ def table(log: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, default=REPO / "benchmarks" / "results" / "training_free.jsonl")
-    parser.add_argument("--methods", nargs="+", default=["convex_adam", "pyramid_mind"],
+    parser.add_argument("--methods", nargs="+", default=["pyramid_mind", "pyramid_mind_fast"],
                         help=f"regframe methods from the registry ({', '.join(sorted(TRAINING_FREE))})")
     parser.add_argument("--pairs", type=int, default=None, help="first N abdomen pairs (default all 15)")
     parser.add_argument("--skip-package", action="store_true", help="leave out the published convexAdam package")
@@ -167,11 +167,11 @@ def main() -> None:
     if args.embedding_checkpoint is not None:
         abdomen_methods["samconvex_embedding"] = embedding_method(args.embedding_checkpoint)
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    for pair in abdomen_pairs(root, args.pairs):
-        evaluate(pair, abdomen_methods, args.log)
     if not args.no_brain:
         for pair in brain_pair(root):
             evaluate(pair, methods, args.log)
+    for pair in abdomen_pairs(root, args.pairs):
+        evaluate(pair, abdomen_methods, args.log)
     print(table(args.log))
 
 

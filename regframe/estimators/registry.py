@@ -30,11 +30,18 @@ def _pyramid_mind() -> DisplacementEstimator:
     return mind_pyramid()
 
 
+def _pyramid_mind_fast() -> DisplacementEstimator:
+    from regframe.estimators.pyramid import mind_pyramid
+
+    return mind_pyramid(adam_iterations=0)
+
+
 TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
     "identity": IdentityEstimator,
     "affine": _affine,
     "convex_adam": _convex_adam,
     "pyramid_mind": _pyramid_mind,
+    "pyramid_mind_fast": _pyramid_mind_fast,
 }
 
 

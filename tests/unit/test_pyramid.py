@@ -65,7 +65,7 @@ def test_convex_adam_estimator_improves_alignment(blob_volume):
 def test_registry_has_the_training_free_methods():
     assert isinstance(build_training_free("convex_adam"), ConvexAdamEstimator)
     assert isinstance(build_training_free("pyramid_mind"), CorrelationPyramidEstimator)
-    assert mind_pyramid().levels == (4, 2, 1)
+    assert mind_pyramid().levels == (4, 2, 1) and build_training_free("pyramid_mind_fast").adam_iterations == 0
 
 
 def test_pool_and_bad_configuration():
