@@ -7,6 +7,7 @@ and the warped moving image, and prints the time per pair.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,11 +101,27 @@ def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, dict]:
         raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise RegframeInputError(f"{path}: not a regframe/Lightning checkpoint (no state_dict/hyper_parameters)")
+    method = _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), base)
     try:
-        model = base.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})") from err
     return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
+    """The method class a checkpoint was trained with (Lightning rebuilds only the class it is
+    called on, so the recorded ``class_path`` must be resolved first)."""
+    if class_path is None:
+        return base
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        method = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise RegframeInputError(f"{path}: method class {class_path!r} is not importable ({err})") from err
+    if not (isinstance(method, type) and issubclass(method, base)):
+        raise RegframeInputError(f"{path}: {class_path} is not a {base.__name__}")
+    return method
 
 
 def register_pair(run: Callable[[Tensor, Tensor], Tensor], prep: Preprocessing, fixed: Volume, moving: Volume,

@@ -8,6 +8,7 @@ implement ``training_step`` (and override ``predict_displacement`` for test-time
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,7 @@ class RegistrationModule(pl.LightningModule):
         compute_hd95: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        save_config_hyperparameters(self)
         self.estimator = estimator
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -107,6 +108,29 @@ class RegistrationModule(pl.LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def save_config_hyperparameters(module: pl.LightningModule) -> None:
+    """Save the ``__init__`` arguments of ``module`` (and of its subclasses) as hyperparameters,
+    keeping only plain values.
+
+    Under the CLI the nested estimator / optimiser arrive as their YAML (``class_path`` dicts), so
+    ``load_from_checkpoint`` and ``regframe register --checkpoint`` rebuild the exact model. A
+    module built in Python passes live objects; those are dropped rather than pickled, so every
+    checkpoint loads with ``torch.load(weights_only=True)``.
+    """
+    module.save_hyperparameters(logger=False, frame=inspect.currentframe().f_back)
+    module.remove_ignored_hparams([key for key, value in module.hparams.items() if not _is_plain(value)])
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 def _organ_key(name: str) -> str:

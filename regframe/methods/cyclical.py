@@ -84,8 +84,6 @@ class CyclicalSelfTraining(RegistrationModule):
     ) -> None:
         estimator = estimator if estimator is not None else RefinedEstimator()
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
-        # hyper-parameters without modules/callables, so checkpoints load with ``weights_only=True``
-        self.save_hyperparameters(ignore=["estimator", "optimizer", "lr_scheduler"], logger=False)
         from data_modules.augment import PairAffineAugmentation
 
         if stages < 1 or epochs_per_stage < 1:

@@ -81,7 +81,6 @@ class JointSegRegSelfTraining(RegistrationModule):
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True) -> None:
         super().__init__(estimator=estimator, label_warp=label_warp, compute_hd95=compute_hd95)
-        self.save_hyperparameters(ignore=["estimator", "segmenter"])
         self.segmenter = segmenter
         self.automatic_optimization = False
         self.reg_steps = 0

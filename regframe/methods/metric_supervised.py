@@ -43,8 +43,6 @@ class MetricSupervised(RegistrationModule):
             raise RegframeInputError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         super().__init__(estimator if estimator is not None else RefinedEstimator(), optimizer, lr_scheduler,
                          label_warp, compute_hd95)
-        # hyper-parameters without modules/callables, so checkpoints load with ``weights_only=True``
-        self.save_hyperparameters(ignore=["estimator", "optimizer", "lr_scheduler"], logger=False)
         self.similarity = similarity
         self.smooth_weight = smooth_weight
         self.loss_downsample = loss_downsample

@@ -1,0 +1,57 @@
+"""A checkpoint written by ``regframe fit`` holds the model's YAML, loads with
+``weights_only=True`` and drives ``regframe register --checkpoint`` with the training preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from regframe.cli import main
+from regframe.io import read_displacement
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("ckpt")
+    tiny = tmp / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump({
+        "data": {"class_path": "data_modules.phantom.PhantomDataModule",
+                 "init_args": {"root": str(tmp / "phantom"), "subjects": 4, "val_subjects": 2, "pairs": "unordered",
+                               "shape": [16, 16, 16], "clamp": [-200.0, 300.0], "scale": 0.002}},
+        "trainer": {"logger": False, "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
+                    "check_val_every_n_epoch": 1,
+                    "default_root_dir": str(tmp / "run"), "enable_progress_bar": False}}))
+    assert main(["fit", "--config", str(EXPERIMENTS / "prostate_us_adacs.yaml"), "--config",
+                 str(EXPERIMENTS / "prostate_us_vanilla.yaml"), "--config", str(tiny),
+                 "--model.init_args.compute_hd95", "false"]) == 0
+    checkpoints = sorted((tmp / "run").rglob("*.ckpt"))
+    assert checkpoints, "fit wrote no checkpoint"
+    return checkpoints[-1], tmp / "phantom"
+
+
+def test_checkpoint_holds_plain_config_and_loads_weights_only(trained_checkpoint):
+    path, _ = trained_checkpoint
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    estimator = ckpt["hyper_parameters"]["estimator"]
+    assert estimator["class_path"].endswith("UNetRegressor")
+    assert ckpt["datamodule_hyper_parameters"]["scale"] == pytest.approx(0.002)
+    from regframe.methods.adaptive_scoring import AdaptiveCorrespondenceScoring
+
+    model = AdaptiveCorrespondenceScoring.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert isinstance(model.estimator, torch.nn.Module) and model.mode == "vanilla"
+    torch.testing.assert_close(model.state_dict(), {k: v for k, v in ckpt["state_dict"].items()})
+
+
+def test_register_with_checkpoint(trained_checkpoint, tmp_path, capsys):
+    path, phantom = trained_checkpoint
+    images = sorted(next(phantom.rglob("imagesTr")).glob("*.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["register", str(images[0]), str(images[1]), "--out", str(out), "--checkpoint", str(path)]) == 0
+    disp = read_displacement(out / "disp.nii.gz", (16, 16, 16))
+    assert torch.isfinite(disp).all() and (out / "warped.nii.gz").is_file()
+    assert "s/pair" in capsys.readouterr().out
