@@ -111,9 +111,13 @@ class RegistrationDataModule(pl.LightningDataModule):
                           collate_fn=collate_pairs, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        """Training pairs; shuffled (seeded), or drawn with replacement by ``sampler_weights``."""
+        """Training pairs; shuffled (seeded), or drawn with replacement by ``sampler_weights``.
+
+        The generator is seeded with ``seed + current epoch``, so a loader rebuilt every epoch
+        (``reload_dataloaders_every_n_epochs``) draws a new order each time, reproducibly."""
         self.setup("fit")
-        generator = torch.Generator().manual_seed(self.seed)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         dataset = PairDataset(self.train_subjects, self.train_pairs)
         if self.sampler_weights is None:
             return self._loader(dataset, self.batch_size, shuffle=True, generator=generator)

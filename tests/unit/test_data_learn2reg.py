@@ -251,3 +251,18 @@ def test_subjects_on_different_grids(dataset: Path):
 def test_bad_pairs_mode(dataset: Path):
     with pytest.raises(RegframeInputError, match="pairs"):
         Learn2RegDataModule(str(dataset), pairs="all")
+
+
+def test_reloaded_train_loader_draws_a_new_order_each_epoch(tmp_path):
+    from types import SimpleNamespace
+
+    from data_modules.phantom import PhantomDataModule
+
+    dm = PhantomDataModule(root=str(tmp_path / "ph"), subjects=6, shape=(12, 12, 12), val_subjects=2)
+    dm.setup("fit")
+    orders = []
+    for epoch in (0, 1, 0):
+        dm.trainer = SimpleNamespace(current_epoch=epoch)
+        orders.append([i for batch in dm.train_dataloader() for i in batch["pair_index"].tolist()])
+    assert orders[0] == orders[2] and orders[0] != orders[1]
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(len(dm.train_pairs)))
