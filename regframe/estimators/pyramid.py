@@ -141,7 +141,8 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
 def mind_pyramid(adam_iterations: int = 20, smooth_iters: int = 2) -> CorrelationPyramidEstimator:
     """CPU-fast pyramid on MIND-SSC (ConvexAdam's r 1, d 2 on the full-resolution image, extracted
     once per image; finer levels warp the moving features). Levels on grids of 8, 4 and 2 image
-    voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 = 34 voxels per axis), SSD cost box-filtered twice, ``smooth_iters`` box filters per convex round, then
+    voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 = 34 voxels per axis), SSD cost
+    box-filtered twice, ``smooth_iters`` box filters per convex round, then
     ``adam_iterations`` of Adam IO on the 2-voxel grid (lr 1, λ 1.25, ConvexAdam's data term)."""
     return CorrelationPyramidEstimator(
         features=MINDSSC(radius=1, dilation=2), grid_spacing=2, levels=(4, 2, 1), radii=(3, 2, 1), metric="ssd",
