@@ -12,7 +12,7 @@ import pytest
 
 from regframe.evaluate import evaluate_dataset, format_table
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow]  # full-size volumes: about 2 min on 2 shared cores
+pytestmark = pytest.mark.real_data  # full-size volumes: about 40 s on 2 cores
 
 SHARED_DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 DATASET = SHARED_DATA / "AbdomenCTCT_synth" / "AbdomenCTCT_dataset.json"
