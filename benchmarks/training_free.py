@@ -94,6 +94,10 @@ def brain_pair(root: Path) -> list[dict]:
 
 
 def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
+    done = logged_rows(log)
+    methods = {name: method for name, method in methods.items() if (pair["dataset"], pair["id"], name) not in done}
+    if not methods:
+        return
     fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
     fixed_label = torch.as_tensor(np.asarray(read_label(pair["fixed_label"]).array)).long()
     moving_label = torch.as_tensor(np.asarray(read_label(pair["moving_label"]).array)).long()
@@ -111,6 +115,14 @@ def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
         with log.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+
+
+def logged_rows(log: Path) -> set[tuple[str, str, str]]:
+    """(dataset, pair, method) already in the log: a restarted run continues where it stopped."""
+    if not log.is_file():
+        return set()
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {(row["dataset"], row["pair"], row["method"]) for row in rows}
 
 
 def _nanmean(values: list[float]) -> float:
