@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regframe.spatial import resize_image
+
 
 @dataclass(frozen=True)
 class IntensityMap:
@@ -49,9 +51,8 @@ def resize_subject(subject: dict, shape: Sequence[int]) -> dict:
     shape = tuple(int(s) for s in shape)
     if shape == old:
         return subject
-    mode = "trilinear" if len(shape) == 3 else "bilinear"
     out = dict(subject)
-    out["image"] = F.interpolate(subject["image"][None], size=shape, mode=mode, align_corners=False)[0]
+    out["image"] = resize_image(subject["image"][None], shape)[0]
     for key in ("label", "mask"):
         if subject.get(key) is not None:
             out[key] = F.interpolate(subject[key][None].float(), size=shape, mode="nearest-exact")[0].long()

@@ -20,7 +20,7 @@ from torch import Tensor
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.io import Volume, read_image, write_displacement, write_nifti
-from regframe.spatial import resize_field, warp
+from regframe.spatial import resize_field, resize_image, warp
 
 
 @dataclass
@@ -39,8 +39,7 @@ class Preprocessing:
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         x = IntensityMap(self.clamp, self.shift, self.scale)(x)[None, None]
         if self.resample_factor != 1.0:
-            mode = "trilinear" if x.dim() == 5 else "bilinear"
-            x = torch.nn.functional.interpolate(x, scale_factor=self.resample_factor, mode=mode, align_corners=False)
+            x = resize_image(x, [int(s * self.resample_factor) for s in x.shape[2:]])
         return x
 
 

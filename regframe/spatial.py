@@ -83,6 +83,15 @@ def compose(first: Tensor, second: Tensor) -> Tensor:
     return second + warp(first, second)
 
 
+def resize_image(image: Tensor, size: Sequence[int]) -> Tensor:
+    """Linear (bi/tri) resampling of ``(B, C, *S)`` to grid ``size`` over the same field of view
+    (``align_corners=False``: voxel ``i`` of the new grid sits at ``(i + 0.5) * old/new - 0.5``)."""
+    size = tuple(int(s) for s in size)
+    if tuple(image.shape[2:]) == size:
+        return image
+    return F.interpolate(image, size=size, mode=_INTERP[spatial_dims(image)], align_corners=False)
+
+
 def resize_field(disp: Tensor, size: Sequence[int]) -> Tensor:
     """Resample a displacement field to grid ``size`` and rescale its vectors to the new voxels.
 
@@ -96,7 +105,7 @@ def resize_field(disp: Tensor, size: Sequence[int]) -> Tensor:
     old = disp.shape[2:]
     if tuple(old) == size:
         return disp
-    out = F.interpolate(disp, size=size, mode=_INTERP[dims], align_corners=False)
+    out = resize_image(disp, size)
     scale = torch.tensor([n / o for n, o in zip(size, old)], dtype=disp.dtype, device=disp.device)
     return out * scale.view(1, dims, *([1] * dims))
 

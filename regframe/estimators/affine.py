@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from regframe.estimators.base import DisplacementEstimator
 from regframe.losses import local_ncc
-from regframe.spatial import affine_to_field, normalized_to_voxel_affine, warp
+from regframe.spatial import affine_to_field, normalized_to_voxel_affine, resize_image, warp
 
 
 class IterativeAffineEstimator(DisplacementEstimator):
@@ -52,9 +51,7 @@ class IterativeAffineEstimator(DisplacementEstimator):
             coarsest = max(1, min(fixed.shape[2:]) // self.min_size)
             for factor in sorted({min(f, coarsest) for f in self.levels}, reverse=True):
                 size = [s // factor for s in fixed.shape[2:]]
-                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
-                fixed_l = F.interpolate(fixed, size=size, mode=mode, align_corners=False)
-                moving_l = F.interpolate(moving, size=size, mode=mode, align_corners=False)
+                fixed_l, moving_l = resize_image(fixed, size), resize_image(moving, size)
                 for _ in range(self.iterations):
                     optimizer.zero_grad()
                     disp = affine_to_field(normalized_to_voxel_affine(theta, size), size)

@@ -14,14 +14,9 @@ from regframe.errors import RegframeInputError
 from regframe.estimators.refine import RefinedEstimator
 from regframe.losses import diffusion, local_ncc, mse
 from regframe.methods.base import RegistrationModule
-from regframe.spatial import warp
+from regframe.spatial import resize_image, warp
 
 SIMILARITIES = ("mind", "ncc")
-
-
-def _downsample(image: Tensor, size: tuple[int, ...]) -> Tensor:
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[image.dim() - 2]
-    return torch.nn.functional.interpolate(image, size=size, mode=mode, align_corners=False)
 
 
 class MetricSupervised(RegistrationModule):
@@ -62,7 +57,7 @@ class MetricSupervised(RegistrationModule):
         fixed, moving = batch["fixed"], batch["moving"]
         size = tuple(n // self.loss_downsample for n in fixed.shape[2:])
         disp = self.estimator.base(fixed, moving, output_size=size)
-        fixed_small, moving_small = _downsample(fixed, size), _downsample(moving, size)
+        fixed_small, moving_small = resize_image(fixed, size), resize_image(moving, size)
         similarity = self.similarity_loss(fixed_small, warp(moving_small, disp))
         smooth = diffusion(disp)
         loss = similarity + self.smooth_weight * smooth
