@@ -3,10 +3,9 @@ pre-training, then validation of SAMConvex with the checkpoint it wrote."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from regframe.cli import main
+from regframe.cli import RegframeCLI, main
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -25,9 +24,7 @@ def test_embedding_pretraining_then_samconvex_validation(tmp_path, monkeypatch):
     checkpoint = tmp_path / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
 
-    main(["validate", "--config", str(EXPERIMENTS / "abdomen_samconvex.yaml"), *_phantom_data(tmp_path),
-          "--model.init_args.compute_hd95", "false",
-          "--model.init_args.radii", "[1, 2, 2]"])
-    metrics = next((tmp_path / "runs" / "abdomen_samconvex").rglob("metrics.csv"))
-    rows = list(csv.DictReader(metrics.open()))
-    assert 0.0 <= float(rows[-1]["val/dice"]) <= 1.0 and "val/fold_pct" in rows[-1]
+    cli = RegframeCLI(args=["validate", "--config", str(EXPERIMENTS / "abdomen_samconvex.yaml"), *_phantom_data(tmp_path),
+                            "--model.init_args.compute_hd95", "false", "--model.init_args.radii", "[1, 2, 2]"])
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 <= float(metrics["val/dice"]) <= 1.0 and "val/fold_pct" in metrics
