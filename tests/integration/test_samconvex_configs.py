@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from regframe.cli import RegframeCLI, main
+from regframe.cli import RegframeCLI, finish_wandb_run, main
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -26,5 +26,6 @@ def test_embedding_pretraining_then_samconvex_validation(tmp_path, monkeypatch):
 
     cli = RegframeCLI(args=["validate", "--config", str(EXPERIMENTS / "abdomen_samconvex.yaml"), *_phantom_data(tmp_path),
                             "--model.init_args.compute_hd95", "false", "--model.init_args.radii", "[1, 2, 2]"])
+    finish_wandb_run()
     metrics = cli.trainer.callback_metrics
     assert 0.0 <= float(metrics["val/dice"]) <= 1.0 and "val/fold_pct" in metrics

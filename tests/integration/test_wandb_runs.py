@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from regframe.cli import main
+from regframe.cli import finish_wandb_run, main
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -29,6 +29,7 @@ def write_config(tmp_path: Path) -> Path:
 
 def test_two_runs_in_one_folder_keep_separate_configs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    finish_wandb_run()  # a run left open by an earlier test would otherwise receive the first validation
     config = write_config(tmp_path)
     for _ in range(2):
         assert main(["validate", "--config", str(config)]) == 0
