@@ -68,15 +68,19 @@ class StageWriter:
 
 
 class PseudoLabelStore:
-    """Pseudo-label fields ``(D, *S)`` per training pair, one file per stage, float16 on disk."""
+    """Pseudo-label fields ``(D, *S)`` per training pair, one file per stage, float16 on disk.
+    ``fresh=True`` forgets whatever an earlier run left in ``root`` (a new run reusing the directory)."""
 
-    def __init__(self, root: str | Path, num_pairs: int, shape: Sequence[int], keep: int = 2) -> None:
+    def __init__(self, root: str | Path, num_pairs: int, shape: Sequence[int], keep: int = 2,
+                 fresh: bool = False) -> None:
         self.root = Path(root)
         self.num_pairs = int(num_pairs)
         self.shape = tuple(int(s) for s in shape)
         self.keep = keep
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = self._read_manifest()
+        if fresh:
+            self._clear()
         if self.manifest and (self.manifest["num_pairs"] != self.num_pairs or tuple(self.manifest["shape"]) != self.shape):
             raise RegframeInputError(
                 f"pseudo labels in {self.root} hold {self.manifest['num_pairs']} pairs of shape "
@@ -96,6 +100,16 @@ class PseudoLabelStore:
     def stages(self) -> list[int]:
         """Committed stages still on disk."""
         return sorted(int(s) for s in self.manifest.get("stages", {}))
+
+    def _clear(self) -> None:
+        """Forget every stored stage; the manifest goes first, so an interruption leaves an empty
+        store, never a partial one."""
+        stages = self.manifest.get("stages", {})
+        (self.root / MANIFEST).unlink(missing_ok=True)
+        for files in stages.values():
+            for file in files.values():
+                (self.root / file).unlink(missing_ok=True)
+        self.manifest = {}
 
     def begin_stage(self, stage: int) -> StageWriter:
         return StageWriter(self, stage)

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from regframe.errors import RegframeInputError
@@ -128,7 +129,11 @@ class CyclicalSelfTraining(RegistrationModule):
             from regframe.run_config import RunConfigCallback
 
             root = RunConfigCallback.run_directory(trainer) / "pseudo_labels"
-        self.store = PseudoLabelStore(root, len(datamodule.train_pairs), shape)
+        fresh = self._resume is None
+        if fresh and (root / "manifest.json").exists():
+            rank_zero_warn(f"pseudo labels: {root} holds labels of an earlier run; this run does not resume "
+                           "from a checkpoint, so it starts again from stage 0 and replaces them")
+        self.store = PseudoLabelStore(root, len(datamodule.train_pairs), shape, fresh=fresh)
         if self._resume is not None and self._resume.get("stage") is not None:
             self.store.use_stage(int(self._resume["stage"]))
         return self.store

@@ -43,3 +43,16 @@ def test_old_stages_are_pruned_and_shape_checked(tmp_path):
         store.use_stage(0)
     with pytest.raises(RegframeInputError, match="expected 2"):
         PseudoLabelStore(tmp_path, num_pairs=2, shape=(2, 3, 3))
+
+
+def test_fresh_store_forgets_an_earlier_run(tmp_path):
+    old = PseudoLabelStore(tmp_path, num_pairs=2, shape=(2, 3, 3))
+    writer = old.begin_stage(4)
+    writer.write([0, 1], torch.ones(2, 2, 3, 3))
+    writer.commit()
+    # a new run with another pair count reusing the directory: no shape error, nothing served
+    fresh = PseudoLabelStore(tmp_path, num_pairs=5, shape=(2, 3, 3), fresh=True)
+    assert fresh.stage is None and fresh.served_stage is None and fresh.stages() == []
+    assert not (tmp_path / "stage_04.npy").exists()
+    with pytest.raises(RegframeInputError, match="nothing stored"):
+        fresh.read([0])
