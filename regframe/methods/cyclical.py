@@ -33,9 +33,13 @@ from regframe.methods.base import RegistrationModule
 from regframe.pseudo_labels import PseudoLabelStore
 
 
-def _reinitialise(module: torch.nn.Module, seed: int) -> None:
+STAGE0_INITS = ("default", "kaiming")
+
+
+def _reinitialise(module: torch.nn.Module, seed: int, init: str = "default") -> None:
     """Fresh random weights (and BatchNorm statistics) for every sub-module, reproducibly. Children
-    are reset before their parents, so a parent's own initialisation scheme has the last word."""
+    are reset before their parents, so a parent's own initialisation scheme has the last word.
+    ``init="kaiming"`` then He-initialises every convolution (fan-in, ReLU gain, zero bias)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for child in reversed(list(module.modules())):
@@ -43,6 +47,10 @@ def _reinitialise(module: torch.nn.Module, seed: int) -> None:
                 child.reset_parameters()
             if hasattr(child, "reset_running_stats"):
                 child.reset_running_stats()
+            if init == "kaiming" and isinstance(child, torch.nn.modules.conv._ConvNd):
+                torch.nn.init.kaiming_normal_(child.weight, mode="fan_in", nonlinearity="relu")
+                if child.bias is not None:
+                    torch.nn.init.zeros_(child.bias)
 
 
 class CyclicalSelfTraining(RegistrationModule):
@@ -61,6 +69,11 @@ class CyclicalSelfTraining(RegistrationModule):
         pseudo_label_dir: where the pseudo-label store lives (default ``<run dir>/pseudo_labels``).
         pseudo_label_batch: pairs per forward pass when generating labels.
         random_init_seed: seed of the random stage-0 network (distinct from the trained one).
+        stage0_init: initialisation of that random network: ``"kaiming"`` (He, the default) keeps the
+            feature magnitude through the layers, so its correlation is informative; with PyTorch's
+            ``"default"`` init the features of a fresh network (eval mode, unit BatchNorm statistics)
+            shrink layer by layer and the soft arg-min returns almost zero displacement. The trained
+            network keeps its own initialisation.
         amp: run the feature CNN under bfloat16 autocast on CUDA (the optimiser stays float32).
     """
 
@@ -79,6 +92,7 @@ class CyclicalSelfTraining(RegistrationModule):
         pseudo_label_dir: str | None = None,
         pseudo_label_batch: int = 1,
         random_init_seed: int = 1234,
+        stage0_init: str = "kaiming",
         amp: bool = True,
         label_warp: str = "nearest",
         compute_hd95: bool = True,
@@ -97,6 +111,9 @@ class CyclicalSelfTraining(RegistrationModule):
         self.pseudo_label_dir = pseudo_label_dir
         self.pseudo_label_batch = pseudo_label_batch
         self.random_init_seed = random_init_seed
+        if stage0_init not in STAGE0_INITS:
+            raise RegframeInputError(f"stage0_init must be one of {STAGE0_INITS}, got {stage0_init!r}")
+        self.stage0_init = stage0_init
         self.amp = amp
         self.store: PseudoLabelStore | None = None
         self.stage_dice: dict[int, float] = {}
@@ -141,7 +158,7 @@ class CyclicalSelfTraining(RegistrationModule):
     def random_stage0_estimator(self) -> RefinedEstimator:
         """A copy of the pipeline with a freshly random feature network (stage-0 labels)."""
         estimator = copy.deepcopy(self.estimator)
-        _reinitialise(estimator, self.random_init_seed)
+        _reinitialise(estimator, self.random_init_seed, self.stage0_init)
         return estimator
 
     @torch.no_grad()

@@ -1,10 +1,13 @@
 """CST feature CNN, h∘g estimator and refinement: shapes, strides, gradients, settings."""
 
+import pytest
 import torch
 
+from regframe.errors import RegframeInputError
 from regframe.estimators.feature_convex import FeatureConvexEstimator
 from regframe.estimators.refine import RefinedEstimator
 from regframe.features.cnn import CSTFeatureNet
+from regframe.methods.cyclical import CyclicalSelfTraining
 
 
 def small_net():
@@ -43,3 +46,23 @@ def test_refinement_settings_share_weights_and_adam_changes_field():
     assert one_warp.base is refined.base
     plain = one_warp(fixed, moving)
     torch.testing.assert_close(plain, refined.base(fixed, moving))
+
+
+def test_stage0_network_is_he_initialised_and_moves():
+    """The stage-0 copy is freshly random (He init by default) and, unlike a PyTorch-default random
+    network in eval mode, whose features shrink to nothing, it predicts a non-zero field."""
+    torch.manual_seed(0)
+    images = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    sizes = {}
+    for init in ("default", "kaiming"):
+        module = CyclicalSelfTraining(RefinedEstimator(FeatureConvexEstimator(small_net(), radius=1),
+                                                       adam_iterations=0), stage0_init=init)
+        random = module.random_stage0_estimator().eval()
+        conv = random.base.feature_net.late[1][0].weight
+        assert not torch.equal(conv, module.estimator.base.feature_net.late[1][0].weight)
+        if init == "kaiming":
+            assert abs(conv.std().item() / (2 / (8 * 27)) ** 0.5 - 1) < 0.2
+        sizes[init] = random(*images).abs().mean().item()
+    assert sizes["kaiming"] > 20 * sizes["default"]
+    with pytest.raises(RegframeInputError, match="stage0_init"):
+        CyclicalSelfTraining(stage0_init="xavier")
