@@ -1,6 +1,7 @@
 """CST speed and memory: training iterations/s and peak memory of the learning stream, and
 per-pair inference time of each test-time refinement setting ({1, 2} warps x {no Adam, Adam},
-ICE on). Random images of the requested size (default: Learn2Reg abdomen, 192x160x256);
+ICE on), and the paper schedule's wall time estimated from those figures (iterations plus one
+pseudo-label refresh per stage; validation not included). Random images of the requested size (default: Learn2Reg abdomen, 192x160x256);
 runs on CUDA when available, else CPU. Prints one table.
 
     OMP_NUM_THREADS=2 python benchmarks/cst_speed.py                      # full size
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--train-iters", type=int, default=3)
     parser.add_argument("--adam-iters", type=int, default=50)
+    parser.add_argument("--stages", type=int, default=8, help="schedule estimate: stages (paper: 8)")
+    parser.add_argument("--stage-iters", type=int, default=1000, help="schedule estimate: iterations per stage")
+    parser.add_argument("--train-pairs", type=int, default=190, help="schedule estimate: pairs labelled per refresh")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -80,6 +84,7 @@ def main() -> None:
 
     estimator.eval()
     pair = fixed[:1], moving[:1]
+    inference_seconds = {}
     for name, settings in SETTINGS:
         variant = estimator.with_settings(**settings)
         if device.type == "cuda":
@@ -89,8 +94,14 @@ def main() -> None:
         start = time.perf_counter()
         variant(*pair)
         sync(device)
-        rows.append((f"inference: {name} (+ICE)", f"{time.perf_counter() - start:.2f} s/pair",
+        inference_seconds[name] = time.perf_counter() - start
+        rows.append((f"inference: {name} (+ICE)", f"{inference_seconds[name]:.2f} s/pair",
                      f"{peak_memory_mb(device):.0f}"))
+
+    refresh = inference_seconds["2 warps + Adam"]
+    schedule = args.stages * (args.stage_iters * per_iter + args.train_pairs * refresh)
+    rows.append((f"estimate: {args.stages} stages x {args.stage_iters} its + a refresh of {args.train_pairs} pairs "
+                 "per stage (from the rows above)", f"{schedule / 60:.1f} min", "-"))
 
     threads = torch.get_num_threads()
     print(f"\nCST speed, input {'x'.join(map(str, shape))}, device {device} ({threads} threads), "
