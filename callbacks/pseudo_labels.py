@@ -12,8 +12,7 @@ from regframe.errors import RegframeInputError
 
 
 class PseudoLabelRefresh(Callback):
-    """Generate stage-0 pseudo labels from a random network when a run starts (and hand that network
-    to the module, which trains it from stage 1 on when ``train_stage0_network`` is set), and new labels with
+    """Generate stage-0 pseudo labels from a random network when a run starts, and new labels with
     the current network at every stage end (after that stage's validation, before the next stage's
     dataloader is built).
 
@@ -49,7 +48,6 @@ class PseudoLabelRefresh(Callback):
             dice = pl_module.mean_val_dice(random_estimator, trainer.datamodule.val_dataloader())
             pl_module.stage_dice[0] = dice
             rank_zero_info(f"stage 0 (random features, refined): val Dice {dice:.4f}")
-        pl_module.adopt_stage0_network(random_estimator)
         self._notify(trainer, pl_module, 0, difficulty)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

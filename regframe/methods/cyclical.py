@@ -74,10 +74,6 @@ class CyclicalSelfTraining(RegistrationModule):
             ``"default"`` init the features of a fresh network (eval mode, unit BatchNorm statistics)
             shrink layer by layer and the soft arg-min returns almost zero displacement. The trained
             network keeps its own initialisation.
-        train_stage0_network: stage 1 trains the stage-0 random network itself (default), so training
-            starts from a network whose refined fields *are* the labels; ``False`` trains the module's
-            own fresh random weights, as the paper does. With a CPU-sized schedule (tens of iterations
-            per stage, not 1000) fresh weights cannot catch up with the stage-0 labels within stage 1.
         amp: run the feature CNN under bfloat16 autocast on CUDA (the optimiser stays float32).
     """
 
@@ -97,7 +93,6 @@ class CyclicalSelfTraining(RegistrationModule):
         pseudo_label_batch: int = 1,
         random_init_seed: int = 1234,
         stage0_init: str = "kaiming",
-        train_stage0_network: bool = True,
         amp: bool = True,
         label_warp: str = "nearest",
         compute_hd95: bool = True,
@@ -119,7 +114,6 @@ class CyclicalSelfTraining(RegistrationModule):
         if stage0_init not in STAGE0_INITS:
             raise RegframeInputError(f"stage0_init must be one of {STAGE0_INITS}, got {stage0_init!r}")
         self.stage0_init = stage0_init
-        self.train_stage0_network = train_stage0_network
         self.amp = amp
         self.store: PseudoLabelStore | None = None
         self.stage_dice: dict[int, float] = {}
@@ -166,12 +160,6 @@ class CyclicalSelfTraining(RegistrationModule):
         estimator = copy.deepcopy(self.estimator)
         _reinitialise(estimator, self.random_init_seed, self.stage0_init)
         return estimator
-
-    def adopt_stage0_network(self, random_estimator: RefinedEstimator) -> None:
-        """With ``train_stage0_network``, copy the stage-0 random weights (and BatchNorm statistics)
-        into the trained estimator, in place (optimiser references stay valid)."""
-        if self.train_stage0_network:
-            self.estimator.load_state_dict(random_estimator.state_dict())
 
     @torch.no_grad()
     def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: RefinedEstimator | None = None) -> Tensor:
