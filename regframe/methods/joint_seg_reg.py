@@ -13,6 +13,11 @@ a pure function of the epoch (so a resumed run resumes its stage):
    ``ψ_r`` learns with Dice on true or pseudo labels (λ_d where present, else unsupervised).
 
 ``mode="mono_seg"`` / ``"mono_reg"`` run only stage 1 / 2 for all epochs (the baselines).
+Teacher: the Mono-Seg segmenter at the start of stage 3, then ``EMATeacher(ramp=False, buffers="keep")``
+(decay 0.99). ``bn_recalibration`` re-estimates the BatchNorm statistics of student and teacher after every
+student epoch without dropout: statistics copied from a student trained with dropout made the teacher's
+pseudo labels shrink epoch after epoch on the prostate. ``final_segmenter="teacher"`` ends training with
+the teacher's weights in ``segmenter`` (mean-teacher practice; chosen on prostate validation subjects).
 Screening is class-level per image (class c of an image is kept if its maximum probability exceeds τ);
 voxels whose arg-max class was dropped carry no target.
 The teacher is held by ``callbacks.ema.EMATeacher`` (required for ``mode="joint"``).
@@ -104,7 +109,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  tau: float = 0.6, lambda_u: float = 0.5, lambda_d: float = 0.1, lambda_d_seg: float = 1.0,
                  lambda_r: float = 0.025, lambda_r_warmup: float = 0.1, warmup_steps: int = 300,
                  student_dropout: float = 0.5, seg_batch_size: int = 2, ce_class_weighting: bool = True,
-                 bn_recalibration: bool = False, final_segmenter: Literal["student", "teacher"] = "student",
+                 bn_recalibration: bool = True, final_segmenter: Literal["student", "teacher"] = "teacher",
                  seg_lr: float = 1e-3, seg_weight_decay: float = 1e-4, reg_lr: float = 4e-4, lr_decay: float = 0.99,
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True) -> None:

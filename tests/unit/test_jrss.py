@@ -180,7 +180,8 @@ def test_labelled_subjects_follow_the_seed():
 
 
 def test_joint_run_and_teacher_checkpoint_round_trip(tmp_path):
-    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)   # one student + one joint-reg epoch
+    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0,   # one student + one joint-reg epoch
+                         final_segmenter="student")
     ema = EMATeacher(decay=0.99)
     trainer = make_trainer(tmp_path, module.total_epochs, [ema])
     trainer.fit(module, datamodule=TinyBlobs())
