@@ -73,8 +73,8 @@ def set_dropout(module: nn.Module, p: float) -> None:
 @torch.no_grad()
 def recalibrate_batchnorm(network: nn.Module, images: list[Tensor], batch_size: int = 2) -> None:
     """Re-estimate every BatchNorm layer's running statistics of ``network`` as the plain average of
-    batch statistics over ``images`` (each ``(1, *S)``), with dropout off; restores the dropout rates,
-    momenta and the train/eval mode. Statistics taken while training with dropout describe a different
+    batch statistics over ``images`` (each ``(1, *S)``; a last batch of one joins the one before), with
+    dropout off; restores the dropout rates, momenta and the train/eval mode. Statistics taken while training with dropout describe a different
     (noisier) network than the one used in eval mode (variance shift); this makes them match."""
     norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or not images:
@@ -88,8 +88,11 @@ def recalibrate_batchnorm(network: nn.Module, images: list[Tensor], batch_size: 
         norm.momentum = None                                   # cumulative average
     network.train()
     device = next(network.parameters()).device
-    for start in range(0, len(images), batch_size):
-        network(torch.stack(images[start: start + batch_size]).to(device).float())
+    starts = list(range(0, len(images), batch_size))
+    if len(starts) > 1 and len(images) - starts[-1] == 1:
+        starts.pop()                                           # no batch of one (BatchNorm needs two values)
+    for start, end in zip(starts, starts[1:] + [len(images)]):
+        network(torch.stack(images[start:end]).to(device).float())
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     for layer, rate in dropouts.items():

@@ -144,6 +144,10 @@ def test_batchnorm_recalibration_matches_the_data_without_dropout():
     batch_vars = [features[i: i + 2].var(dim=(0, 2, 3, 4)) for i in (0, 2)]   # unbiased, per batch
     assert torch.allclose(network[2].running_var, sum(batch_vars) / 2, atol=1e-4)
     assert network[1].p == 0.5 and network[2].momentum == 0.1 and not network.training
+    recalibrate_batchnorm(network, images[:3], batch_size=2)   # one batch of three, not 2 + 1
+    with torch.no_grad():
+        three = network[0](torch.stack(images[:3]))
+    assert torch.allclose(network[2].running_mean, three.mean(dim=(0, 2, 3, 4)), atol=1e-5)
 
 
 def test_stage_schedule():
