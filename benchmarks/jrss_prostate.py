@@ -4,7 +4,8 @@ Protocol (as in the paper: the Mono-Nets are pre-trained and initialise the join
   1. Mono-Seg: segmenter on the N labelled training subjects (soft Dice), ``--seg-epochs``.
   2. Mono-Reg: registration, MSE + λ_r·diffusion + λ_d·Dice on the labelled subjects' true labels.
   3. JRSS: ``--rounds`` × (1 student epoch : 5 registration epochs), initialised from 1 and 2.
-  4. Equal-budget baselines: 1 and 2 continued (same mode) for as many steps as JRSS gave each network.
+  4. Equal-budget baselines: 1 and 2 continued (same mode) for as many steps as JRSS gave each network;
+     ``mono_seg_equal_ema`` also ends with an EMA of its weights like the JRSS teacher (control).
 JRSS teacher: the Mono-Seg segmenter, averaged towards the student with decay 0.99 (no ramp), with
 its own BatchNorm statistics re-estimated after every student epoch (``bn_recalibration``); the
 final segmenter is the teacher (``final_segmenter="teacher"``; the student is reported too). These
@@ -29,6 +30,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -36,7 +38,7 @@ import torch
 from callbacks.ema import EMATeacher
 from data_modules.paired import PairedDataModule
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
-from regframe.methods.joint_seg_reg import JointSegRegSelfTraining
+from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, recalibrate_batchnorm
 from regframe.metrics import pair_metrics
 from regframe.segmenters import NetworkSegmenter
 
@@ -98,6 +100,25 @@ class KeepStudent(pl.Callback):
         self.student = copy.deepcopy(pl_module.segmenter)
 
 
+class AveragedSegmenter(pl.Callback):
+    """Control for the JRSS teacher: an EMA copy of the segmenter (decay 0.99, no ramp, updated after every
+    batch, BatchNorm statistics re-estimated on the training images at the end) replaces the segmenter
+    when training ends. Tells how much of JRSS's gain is weight averaging alone."""
+
+    def __init__(self) -> None:
+        self.ema = EMATeacher(decay=0.99, ramp=False, buffers="keep")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ema.reset(pl_module.segmenter)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.ema.update(pl_module.segmenter)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        recalibrate_batchnorm(self.ema.teacher, [s["image"] for s in trainer.datamodule.train_subjects])
+        pl_module.segmenter.load_state_dict(self.ema.teacher.state_dict())
+
+
 def seg_dice(segmenter: torch.nn.Module, subjects: list[dict]) -> float:
     """Mean gland Dice of ``segmenter`` (eval mode) over ``subjects``."""
     segmenter.eval()
@@ -140,6 +161,7 @@ def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) 
               ce_class_weighting=not args.unweighted_ce, bn_recalibration=True, final_segmenter="teacher"),
          {"segmenter_init": "mono_seg", "estimator_init": "mono_reg"}),
         ("mono_seg_equal", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
+        ("mono_seg_equal_ema", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
         ("mono_reg_equal", dict(mode="mono_reg", reg_pretrain_epochs=extra_reg, warmup_steps=0),
          {"estimator_init": "mono_reg"}),
     ]
@@ -150,7 +172,8 @@ def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) 
         options.update({key: str(out / f"{source}.ckpt") for key, source in inits.items()})
         module = build_module(args, seed, **options)
         keep = KeepStudent()
-        seconds = fit(module, datamodule, args, out / f"{name}.ckpt", [keep])
+        extra = [AveragedSegmenter()] if name == "mono_seg_equal_ema" else []
+        seconds = fit(module, datamodule, args, out / f"{name}.ckpt", [keep, *extra])
         result = evaluate(module, datamodule) | {"train_seconds": seconds, "seed": seed,
                                                   "labelled_ids": module.hparams["labelled_ids"]}
         if options["mode"] == "joint":
@@ -183,7 +206,8 @@ def table(out: Path) -> str:
              "reg Dice (test pairs) | initial Dice | SDlogJ | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
     per_seed = []
-    for name in ("mono_seg", "mono_seg_equal", "mono_reg", "mono_reg_equal", "jrss_unweighted_ce", "jrss"):
+    for name in ("mono_seg", "mono_seg_equal", "mono_seg_equal_ema", "mono_reg", "mono_reg_equal",
+                 "jrss_unweighted_ce", "jrss"):
         if name in rows:
             r = rows[name]
             lines.append(f"| {name} | {','.join(str(x['seed']) for x in r)} | "

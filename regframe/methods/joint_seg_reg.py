@@ -74,8 +74,9 @@ def set_dropout(module: nn.Module, p: float) -> None:
 def recalibrate_batchnorm(network: nn.Module, images: list[Tensor], batch_size: int = 2) -> None:
     """Re-estimate every BatchNorm layer's running statistics of ``network`` as the plain average of
     batch statistics over ``images`` (each ``(1, *S)``; a last batch of one joins the one before), with
-    dropout off; restores the dropout rates, momenta and the train/eval mode. Statistics taken while training with dropout describe a different
-    (noisier) network than the one used in eval mode (variance shift); this makes them match."""
+    dropout off; restores the dropout rates, momenta and the train/eval mode. Statistics taken while
+    training with dropout describe a different (noisier) network than the one used in eval mode
+    (variance shift); this makes them match."""
     norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or not images:
         return
