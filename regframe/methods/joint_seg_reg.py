@@ -189,8 +189,7 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     def _inverse_sqrt_frequency(self, labels: list[Tensor]) -> Tensor:
         """Class weights ``∝ frequency^-½`` over the labelled subjects, mean 1 (the paper's pixel-wise
-        weighted CE); all ones with ``ce_class_weighting=False`` (on the prostate gland the weighting
-        biased a Dice-trained teacher's student towards over-segmentation)."""
+        weighted CE); all ones with ``ce_class_weighting=False``."""
         k = self.segmenter.num_classes
         if not self.hparams.ce_class_weighting:
             return torch.ones(k)
