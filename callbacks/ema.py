@@ -22,12 +22,21 @@ from torch import nn
 
 
 class EMATeacher(pl.Callback):
-    """``teacher ← d·teacher + (1 − d)·student`` after each student update, with the ramped decay
-    ``d = min(decay, 1 − 1/(n + 1))`` (``n`` = updates since the last reset: the first copies the student).
-    Buffers (e.g. BatchNorm statistics) are copied from the student."""
+    """``teacher ← d·teacher + (1 − d)·student`` after each student update.
 
-    def __init__(self, decay: float = 0.99) -> None:
+    ``ramp=True``: ramped decay ``d = min(decay, 1 − 1/(n + 1))`` (``n`` = updates since the last reset:
+    the first update copies the student), for a teacher that starts from an untrained copy.
+    ``ramp=False``: constant ``d = decay``, so a pre-trained teacher is kept and only slowly averaged
+    towards the student (JRSS: the Mono-Seg teacher). ``buffers="copy"`` copies buffers (e.g. BatchNorm
+    statistics) from the student; ``"keep"`` leaves the teacher's own (for a module that re-estimates
+    them for the teacher's weights, e.g. when the student's statistics are taken with dropout on)."""
+
+    def __init__(self, decay: float = 0.99, ramp: bool = True, buffers: str = "copy") -> None:
+        if buffers not in ("copy", "keep"):
+            raise ValueError(f"buffers: expected 'copy' or 'keep', got {buffers!r}")
         self.decay = decay
+        self.ramp = ramp
+        self.buffers = buffers
         self.teacher: nn.Module | None = None
         self.num_updates = 0
         self._pending_state: dict[str, Any] | None = None
@@ -39,7 +48,7 @@ class EMATeacher(pl.Callback):
         return self.teacher
 
     def current_decay(self) -> float:
-        return min(self.decay, 1.0 - 1.0 / (self.num_updates + 1))
+        return min(self.decay, 1.0 - 1.0 / (self.num_updates + 1)) if self.ramp else self.decay
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
@@ -53,7 +62,7 @@ class EMATeacher(pl.Callback):
             target = teacher_state[name]
             if name in parameter_names:
                 target.mul_(d).add_(value.detach(), alpha=1.0 - d)
-            else:
+            elif self.buffers == "copy":
                 target.copy_(value)
         self.num_updates += 1
 

@@ -13,6 +13,11 @@ a pure function of the epoch (so a resumed run resumes its stage):
    ``ψ_r`` learns with Dice on true or pseudo labels (λ_d where present, else unsupervised).
 
 ``mode="mono_seg"`` / ``"mono_reg"`` run only stage 1 / 2 for all epochs (the baselines).
+Teacher: the Mono-Seg segmenter at the start of stage 3, then ``EMATeacher(ramp=False, buffers="keep")``
+(decay 0.99). ``bn_recalibration`` re-estimates the BatchNorm statistics of student and teacher after every
+student epoch without dropout: statistics copied from a student trained with dropout made the teacher's
+pseudo labels shrink epoch after epoch on the prostate. ``final_segmenter="teacher"`` ends training with
+the teacher's weights in ``segmenter`` (mean-teacher practice; chosen on prostate validation subjects).
 Screening is class-level per image (class c of an image is kept if its maximum probability exceeds τ);
 voxels whose arg-max class was dropped carry no target.
 The teacher is held by ``callbacks.ema.EMATeacher`` (required for ``mode="joint"``).
@@ -65,6 +70,37 @@ def set_dropout(module: nn.Module, p: float) -> None:
             layer.p = p
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(network: nn.Module, images: list[Tensor], batch_size: int = 2) -> None:
+    """Re-estimate every BatchNorm layer's running statistics of ``network`` as the plain average of
+    batch statistics over ``images`` (each ``(1, *S)``; a last batch of one joins the one before), with
+    dropout off; restores the dropout rates, momenta and the train/eval mode. Statistics taken while
+    training with dropout describe a different (noisier) network than the one used in eval mode
+    (variance shift); this makes them match."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not images:
+        return
+    dropouts = {m: m.p for m in network.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
+    momenta = [m.momentum for m in norms]
+    was_training = network.training
+    set_dropout(network, 0.0)
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None                                   # cumulative average
+    network.train()
+    device = next(network.parameters()).device
+    starts = list(range(0, len(images), batch_size))
+    if len(starts) > 1 and len(images) - starts[-1] == 1:
+        starts.pop()                                           # no batch of one (BatchNorm needs two values)
+    for start, end in zip(starts, starts[1:] + [len(images)]):
+        network(torch.stack(images[start:end]).to(device).float())
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    for layer, rate in dropouts.items():
+        layer.p = rate
+    network.train(was_training)
+
+
 class JointSegRegSelfTraining(RegistrationModule):
     """JRSS and its Mono-Seg / Mono-Reg baselines. Epoch counts are in Lightning epochs (use the
     trainer's ``limit_train_batches`` to size them); ``max_epochs`` should cover ``total_epochs``."""
@@ -77,6 +113,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  tau: float = 0.6, lambda_u: float = 0.5, lambda_d: float = 0.1, lambda_d_seg: float = 1.0,
                  lambda_r: float = 0.025, lambda_r_warmup: float = 0.1, warmup_steps: int = 300,
                  student_dropout: float = 0.5, seg_batch_size: int = 2, ce_class_weighting: bool = True,
+                 bn_recalibration: bool = True, final_segmenter: Literal["student", "teacher"] = "teacher",
                  seg_lr: float = 1e-3, seg_weight_decay: float = 1e-4, reg_lr: float = 4e-4, lr_decay: float = 0.99,
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True) -> None:
@@ -152,8 +189,7 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     def _inverse_sqrt_frequency(self, labels: list[Tensor]) -> Tensor:
         """Class weights ``∝ frequency^-½`` over the labelled subjects, mean 1 (the paper's pixel-wise
-        weighted CE); all ones with ``ce_class_weighting=False`` (on the prostate gland the weighting
-        biased a Dice-trained teacher's student towards over-segmentation)."""
+        weighted CE); all ones with ``ce_class_weighting=False``."""
         k = self.segmenter.num_classes
         if not self.hparams.ce_class_weighting:
             return torch.ones(k)
@@ -201,8 +237,18 @@ class JointSegRegSelfTraining(RegistrationModule):
         self.log("stage", float(["seg_pretrain", "reg_pretrain", "student", "reg_joint"].index(stage)))
 
     def on_train_epoch_end(self) -> None:
+        if self.stage == "student" and self.hparams.bn_recalibration:
+            images = [s["image"] for s in self.trainer.datamodule.train_subjects]
+            recalibrate_batchnorm(self.segmenter, images, self.hparams.seg_batch_size)
+            recalibrate_batchnorm(self._ema().teacher, images, self.hparams.seg_batch_size)
         reg_sched, seg_sched = self.lr_schedulers()
         (seg_sched if self.stage in ("seg_pretrain", "student") else reg_sched).step()
+
+    def on_fit_end(self) -> None:
+        """``final_segmenter="teacher"``: the EMA teacher's weights become the segmenter (mean-teacher
+        practice), so evaluation and the saved checkpoint use the teacher."""
+        if self.hparams.mode == "joint" and self.hparams.final_segmenter == "teacher":
+            self.segmenter.load_state_dict(self._ema().teacher.state_dict())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._student_updated = False

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from callbacks.ema import EMATeacher
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
 from regframe.losses import symmetric_kl
-from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, screen_pseudo_labels, weighted_cross_entropy
+from regframe.methods.joint_seg_reg import (JointSegRegSelfTraining, recalibrate_batchnorm, screen_pseudo_labels,
+                                           weighted_cross_entropy)
 from regframe.segmenters import NetworkSegmenter
 
 SHAPE = (12, 12, 12)
@@ -112,6 +113,43 @@ def test_ema_update_math_with_ramped_decay():
     assert not any(p.requires_grad for p in ema.teacher.parameters())
 
 
+def test_ema_without_ramp_keeps_the_teacher_and_its_buffers():
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMATeacher(decay=0.9, ramp=False, buffers="keep")
+    ema.reset(student)
+    with torch.no_grad():
+        student[0].weight.fill_(1.0)
+        student[1].running_mean.fill_(5.0)
+    before = ema.teacher[0].weight.clone()
+    ema.update(student)                                  # first update already uses decay 0.9
+    assert torch.allclose(ema.teacher[0].weight, 0.9 * before + 0.1)
+    assert torch.equal(ema.teacher[1].running_mean, torch.zeros(2))   # teacher's own statistics kept
+    copying = EMATeacher(decay=0.9, ramp=False)
+    copying.reset(student)
+    student[1].running_mean.fill_(7.0)
+    copying.update(student)
+    assert torch.equal(copying.teacher[1].running_mean, torch.full((2,), 7.0))
+    with pytest.raises(ValueError):
+        EMATeacher(buffers="average")
+
+
+def test_batchnorm_recalibration_matches_the_data_without_dropout():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Dropout(0.5), torch.nn.BatchNorm3d(2)).eval()
+    images = [torch.randn(1, 4, 4, 4) * 3.0 + 2.0 for _ in range(4)]
+    recalibrate_batchnorm(network, images, batch_size=2)
+    with torch.no_grad():
+        features = network[0](torch.stack(images))
+    assert torch.allclose(network[2].running_mean, features.mean(dim=(0, 2, 3, 4)), atol=1e-5)
+    batch_vars = [features[i: i + 2].var(dim=(0, 2, 3, 4)) for i in (0, 2)]   # unbiased, per batch
+    assert torch.allclose(network[2].running_var, sum(batch_vars) / 2, atol=1e-4)
+    assert network[1].p == 0.5 and network[2].momentum == 0.1 and not network.training
+    recalibrate_batchnorm(network, images[:3], batch_size=2)   # one batch of three, not 2 + 1
+    with torch.no_grad():
+        three = network[0](torch.stack(images[:3]))
+    assert torch.allclose(network[2].running_mean, three.mean(dim=(0, 2, 3, 4)), atol=1e-5)
+
+
 def test_stage_schedule():
     module = make_module(seg_pretrain_epochs=2, reg_pretrain_epochs=1, rounds=2, reg_epochs_per_round=5,
                          seg_epochs_per_round=1)
@@ -146,7 +184,8 @@ def test_labelled_subjects_follow_the_seed():
 
 
 def test_joint_run_and_teacher_checkpoint_round_trip(tmp_path):
-    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)   # one student + one joint-reg epoch
+    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0,   # one student + one joint-reg epoch
+                         final_segmenter="student")
     ema = EMATeacher(decay=0.99)
     trainer = make_trainer(tmp_path, module.total_epochs, [ema])
     trainer.fit(module, datamodule=TinyBlobs())
@@ -166,3 +205,15 @@ def test_joint_run_and_teacher_checkpoint_round_trip(tmp_path):
     assert restored.num_updates == ema.num_updates
     for name, value in ema.teacher.state_dict().items():
         assert torch.equal(restored.teacher.state_dict()[name], value)
+
+
+def test_teacher_as_final_segmenter_with_recalibrated_statistics(tmp_path):
+    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0, bn_recalibration=True,
+                         final_segmenter="teacher")
+    ema = EMATeacher(decay=0.99, ramp=False, buffers="keep")
+    start = copy.deepcopy(module.segmenter.state_dict())
+    make_trainer(tmp_path, module.total_epochs, [ema]).fit(module, datamodule=TinyBlobs())
+    for name, value in ema.teacher.state_dict().items():       # the segmenter is now the teacher
+        assert torch.equal(module.segmenter.state_dict()[name], value)
+    assert not torch.equal(ema.teacher.state_dict()["network.enc2.0.1.running_var"],
+                           start["network.enc2.0.1.running_var"])   # re-estimated after the student epoch
