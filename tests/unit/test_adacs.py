@@ -233,3 +233,36 @@ def test_snapshot_logs_score_next_to_residual_only_for_wandb():
     assert kwargs["caption"] == ["residual", "score"]
     assert all(im.shape == (12, 10) and 0 <= im.min() and im.max() <= 1 for im in images)
     assert map_to_image(torch.ones(1, 4, 4)).max() == 0  # a constant map does not divide by zero
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "adacs_prostate.py"
+    spec = importlib.util.spec_from_file_location("adacs_prostate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_rank_normalisation_equalises_the_histogram():
+    bench = _benchmark()
+    volume = torch.tensor([[[[0.0, 200.0], [50.0, 50.0]]]])[None]  # (1, 1, 1, 2, 2), uint8 values
+    ranks = bench.normalise(volume, "rank")
+    assert ranks.min() == 0.0 and ranks.max() == 1.0
+    assert torch.equal(ranks.flatten().argsort(stable=True), volume.flatten().argsort(stable=True))
+    assert torch.allclose(bench.normalise(volume, "scale"), volume / 255.0)
+    with pytest.raises(ValueError, match="normalisation"):
+        bench.normalise(volume, "zscore")
+
+
+def test_benchmark_split_keeps_test_cases_out_of_training_and_validation():
+    bench = _benchmark()
+    cases = [{"id": i} for i in range(30)]
+    train, val, test = bench.split(cases, test_cases=6, val_cases=4)
+    _, _, test_without_val = bench.split(cases, test_cases=6)
+    ids = lambda pairs: {c["id"] for pair in pairs for c in pair}  # noqa: E731
+    assert len(test) == 3 and len(val) == 2 and len(train) == 20
+    assert ids(test) == ids(test_without_val)  # the test pairs do not depend on the validation split
+    assert not ids(test) & ids(val) and not (ids(test) | ids(val)) & {c["id"] for c in train}
