@@ -246,7 +246,9 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     def on_fit_end(self) -> None:
         """``final_segmenter="teacher"``: the EMA teacher's weights become the segmenter (mean-teacher
-        practice), so evaluation and the saved checkpoint use the teacher."""
+        practice), so evaluation after fitting and checkpoints saved after it use the teacher. Checkpoints
+        written during training keep the student in ``segmenter`` and the teacher in the
+        :class:`callbacks.ema.EMATeacher` state."""
         if self.hparams.mode == "joint" and self.hparams.final_segmenter == "teacher":
             self.segmenter.load_state_dict(self._ema().teacher.state_dict())
 
