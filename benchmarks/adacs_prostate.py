@@ -1,4 +1,4 @@
-"""AdaCS and its baselines on held-out inter-patient prostate ultrasound pairs (CPU-sized).
+"""AdaCS and its baselines on held-out prostate ultrasound pairs (CPU-sized).
 
 Trains the same VoxelMorph-style estimator (small MONAI BasicUNet, 7 scaling-and-squaring steps)
 with each objective of ``AdaptiveCorrespondenceScoring`` (vanilla, nll, beta_nll, adareg,
@@ -10,6 +10,12 @@ HD95 (mm) and SDlogJ on held-out pairs at full resolution (the field is upsample
 Split by case (fixed seed): 20 test cases (10 pairs), 10 validation cases (5 pairs, taken out of
 training, used to choose settings with ``--evaluate val``), 50 training cases.
 
+Pair protocols (``--pairs``): ``inter`` (default) pairs two patients' volumes (training: random
+inter-patient pairs); ``synthetic`` registers each held-out case to itself under a known random
+smooth deformation with independent speckle-like noise and, in half of the pairs, an
+acoustic-shadow-like slab in the moving image (``synthetic_pair``; 20 test / 10 validation pairs
+with a fixed per-case seed; training: a fresh deformation of a random training case per step).
+
 Preprocessing: per-volume histogram equalisation (``--norm rank``, intensities stay in [0, 1]),
 chosen on the validation pairs with the instance-optimisation diagnostic (``--instance-opt``).
 CPU-scale choices (documented deviations from the paper): training volumes resampled by 0.5
@@ -17,6 +23,7 @@ CPU-scale choices (documented deviations from the paper): training volumes resam
 N_w = ``--warmup-epochs`` (paper: 10 for 3D), learning rate ``--lr`` for both optimisers (paper 1e-4).
 
     OMP_NUM_THREADS=1 python benchmarks/adacs_prostate.py --seeds 0 1 --out runs/adacs.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/adacs_prostate.py --pairs synthetic --out runs/adacs_synth.jsonl
     python benchmarks/adacs_prostate.py --table runs/adacs.jsonl
     OMP_NUM_THREADS=1 python benchmarks/adacs_prostate.py --evaluate val --instance-opt 0.3 1 3 10
 """
@@ -31,6 +38,7 @@ import statistics
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -43,8 +51,9 @@ from regframe.io import read_image, read_label  # noqa: E402
 from regframe.methods.adaptive_scoring import MODES, AdaptiveCorrespondenceScoring  # noqa: E402
 from regframe.metrics import pair_metrics  # noqa: E402
 from regframe.losses import diffusion  # noqa: E402
-from regframe.spatial import resize_field, resize_image, warp  # noqa: E402
+from regframe.spatial import resize_field, resize_image, warp, warp_labels  # noqa: E402
 from torch import Tensor  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", ROOT / ".." / "shared" / "data")) / "prostate_mr_us"
 FEATURES = (8, 16, 16, 16, 16, 8)
@@ -92,6 +101,106 @@ def split(cases: list[dict], test_cases: int, val_cases: int = 0,
         return [(group[i], group[i + 1]) for i in range(0, len(group) - 1, 2)]
 
     return train, pairs(val), pairs(test)
+
+
+def gaussian_smooth(volume: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of ``(B, C, *S)`` (3-D), ``sigma`` in voxels, replicate border."""
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=volume.dtype)
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    channels = volume.shape[1]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        volume = F.conv3d(F.pad(volume, pad, mode="replicate"), kernel.view(shape).repeat(channels, 1, 1, 1, 1),
+                          groups=channels)
+    return volume
+
+
+def random_field(shape: tuple[int, ...], generator: torch.Generator, control: int = 3, local: float = 0.7,
+                 mean_disp: float = 4.0, max_disp: float = 8.0) -> Tensor:
+    """Random smooth displacement ``(1, 3, *shape)`` in voxels: on a ``control``³ grid, one Gaussian
+    translation vector shared by all points plus i.i.d. Gaussian vectors of relative std ``local``,
+    trilinearly upsampled (``resize_image``, same field of view), then scaled by one factor so the
+    mean vector length is ``mean_disp`` unless that makes the longest exceed ``max_disp`` (then the
+    longest is ``max_disp`` and the mean is smaller)."""
+    coarse = torch.randn(1, 3, 1, 1, 1, generator=generator) + local * torch.randn(
+        1, 3, control, control, control, generator=generator)
+    field = resize_image(coarse, shape)
+    length = field.norm(dim=1)
+    return field * min(mean_disp / length.mean().item(), max_disp / length.max().item())
+
+
+def speckle(volume: Tensor, generator: torch.Generator, strength: float, sigma: float = 1.0) -> Tensor:
+    """Multiplicative speckle-like noise: ``volume · (1 + strength · n)`` with ``n`` white Gaussian
+    noise smoothed by a Gaussian of ``sigma`` voxels and rescaled to unit std; clipped to [0, 1]."""
+    noise = gaussian_smooth(torch.randn(volume.shape, generator=generator), sigma)
+    return (volume * (1 + strength * noise / noise.std())).clamp(0.0, 1.0)
+
+
+def shadow_mask(shape: tuple[int, ...], generator: torch.Generator, width: tuple[float, float] = (5.0, 10.0)) -> Tensor:
+    """Acoustic-shadow-like slab ``(1, 1, *shape)`` (bool): voxels within a random-width band
+    (``width`` voxels) of a plane with random orientation through a random voxel of the middle half."""
+    normal = torch.randn(3, generator=generator)
+    normal = normal / normal.norm()
+    centre = torch.tensor([n * (0.25 + 0.5 * torch.rand(1, generator=generator).item()) for n in shape])
+    half = 0.5 * (width[0] + (width[1] - width[0]) * torch.rand(1, generator=generator).item())
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    distance = (normal.view(3, 1, 1, 1) * (grid - centre.view(3, 1, 1, 1))).sum(0)
+    return (distance.abs() <= half)[None, None]
+
+
+def synthetic_pair(case: dict, factor: float, seed: int, noise: float = 0.2, shadow_prob: float = 0.5,
+                   shadow_gain: float = 0.1, mean_disp: float = 4.0) -> tuple[dict, dict]:
+    """A (fixed, moving) pair from one real volume with a known deformation (``--pairs synthetic``).
+
+    fixed = ``speckle(case image)``; moving = ``speckle(warp(case image, field))`` and moving label
+    = ``warp_labels(case label, field)`` (nearest), i.e. ``moving(x) = image(x + field(x))`` with
+    ``field = random_field(…)`` at full resolution (mean length ``mean_disp`` voxels, longest at most 8).
+    The speckle is drawn independently for fixed and moving (``noise`` = relative std); with
+    probability ``shadow_prob`` the moving image also gets an acoustic-shadow-like slab
+    (``shadow_mask``) whose intensities are multiplied by ``shadow_gain``, a region without a valid
+    correspondence. Everything is drawn from ``torch.Generator().manual_seed(seed)``. The moving
+    dict also holds ``field`` and ``shadow`` (the mask, all False without a shadow)."""
+    generator = torch.Generator().manual_seed(seed)
+    image, label = case["full"], case["label"]
+    shape = tuple(image.shape[2:])
+    field = random_field(shape, generator, mean_disp=mean_disp)
+    fixed = speckle(image, generator, noise)
+    moving = speckle(warp(image, field), generator, noise)
+    shadow = shadow_mask(shape, generator)
+    if torch.rand(1, generator=generator).item() >= shadow_prob:
+        shadow = torch.zeros_like(shadow)
+    moving = torch.where(shadow, moving * shadow_gain, moving)
+    small = tuple(max(8, round(n * factor)) for n in shape)
+    return ({"id": case["id"], "full": fixed, "small": resize_image(fixed, small), "label": label,
+             "spacing": case["spacing"]},
+            {"id": case["id"], "full": moving, "small": resize_image(moving, small),
+             "label": warp_labels(label, field), "spacing": case["spacing"], "field": field, "shadow": shadow})
+
+
+def case_seed(case: dict) -> int:
+    """Fixed per-case seed of the synthetic validation/test deformation (from the case id)."""
+    return zlib.crc32(str(case["id"]).encode())
+
+
+class SyntheticPairs(torch.utils.data.Dataset):
+    """``length`` synthetic pairs (``synthetic_pair``) of random training cases per epoch, with a
+    fresh deformation, noise and shadow per draw."""
+
+    def __init__(self, cases: list[dict], length: int, seed: int, factor: float) -> None:
+        self.cases, self.length, self.factor, self.rng = cases, length, factor, random.Random(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.rng.randrange(len(self.cases))
+        fixed, moving = synthetic_pair(self.cases[case], self.factor, self.rng.getrandbits(62))
+        return {"fixed": fixed["small"][0], "moving": moving["small"][0], "pair_index": torch.tensor(case)}
 
 
 class RandomPairs(torch.utils.data.Dataset):
@@ -142,7 +251,9 @@ def run(mode: str, seed: int, args: argparse.Namespace, train: list[dict], test_
         estimator, mode=mode, spatial_dims=3, warmup_epochs=args.warmup_epochs, smoothness_weight=args.lam,
         score_reg_weight=args.alpha, score_tv_weight=args.beta,
         optimizer=lambda params: torch.optim.Adam(params, lr=lr))
-    loader = torch.utils.data.DataLoader(RandomPairs(train, args.steps_per_epoch, seed), batch_size=1)
+    pairs = (SyntheticPairs(train, args.steps_per_epoch, seed, args.factor) if args.pairs == "synthetic"
+             else RandomPairs(train, args.steps_per_epoch, seed))
+    loader = torch.utils.data.DataLoader(pairs, batch_size=1)
     trainer = pl.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          accelerator="cpu", devices=1)
@@ -173,7 +284,8 @@ def table(path: Path) -> str:
     out = ["| method | seeds | Dice | HD95 (mm) | SDlogJ | folds % | train s/run |", "|---|---|---|---|---|---|---|"]
     if rows:
         out.insert(0, f"before registration: Dice {rows[0]['dice_before']:.3f}, HD95 {rows[0]['hd95_before']:.2f} mm "
-                      f"({rows[0]['pairs']} held-out {rows[0].get('split', 'test')} pairs)\n")
+                      f"({rows[0]['pairs']} held-out {rows[0].get('split', 'test')} pairs, "
+                      f"{rows[0]['config'].get('pairs', 'inter')})\n")
     for mode in MODES:
         runs = [r for r in rows if r["mode"] == mode]
         if not runs:
@@ -203,6 +315,9 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=0.5, help="resampling factor of the training volumes")
     parser.add_argument("--lam", type=float, default=0.01, help="λ on the diffusion regulariser")
     parser.add_argument("--norm", choices=("scale", "rank"), default="rank", help="intensity normalisation")
+    parser.add_argument("--pairs", choices=("inter", "synthetic"), default="inter",
+                        help="inter-patient pairs, or each case against itself under a known synthetic "
+                             "deformation with speckle and shadows (synthetic_pair)")
     parser.add_argument("--test-cases", type=int, default=20)
     parser.add_argument("--val-cases", type=int, default=10, help="taken out of the training cases")
     parser.add_argument("--evaluate", choices=("test", "val"), default="test",
@@ -222,10 +337,13 @@ def main() -> None:
     cases = load_cases(args.factor, args.norm)
     train, val_pairs, test_pairs = split(cases, args.test_cases, args.val_cases)
     pairs = test_pairs if args.evaluate == "test" else val_pairs
+    if args.pairs == "synthetic":
+        held_out = [case for pair in pairs for case in pair]
+        pairs = [synthetic_pair(case, args.factor, case_seed(case)) for case in held_out]
     if args.instance_opt:
         before = [pair_metrics(f["label"], m["label"], torch.zeros(1, 3, *f["full"].shape[2:]), hd95=False)["dice"]
                   for f, m in pairs]
-        print(json.dumps({"split": args.evaluate, "norm": args.norm, "dice_before": round(statistics.fmean(before), 4)}))
+        print(json.dumps({"split": args.evaluate, "pairs": args.pairs, "norm": args.norm, "dice_before": round(statistics.fmean(before), 4)}))
         for lam in args.instance_opt:
             dices = instance_optimisation(pairs, args.factor, lam)
             print(json.dumps({"lam": lam, "factor": args.factor, "dice": round(statistics.fmean(dices), 4),

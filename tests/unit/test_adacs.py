@@ -266,3 +266,30 @@ def test_benchmark_split_keeps_test_cases_out_of_training_and_validation():
     assert len(test) == 3 and len(val) == 2 and len(train) == 20
     assert ids(test) == ids(test_without_val)  # the test pairs do not depend on the validation split
     assert not ids(test) & ids(val) and not (ids(test) | ids(val)) & {c["id"] for c in train}
+
+
+def test_benchmark_synthetic_pair_is_seeded_and_warps_label_with_the_stored_field():
+    bench = _benchmark()
+    from regframe.spatial import warp, warp_labels
+
+    generator = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 1, 20, 24, 18, dtype=torch.int64)
+    label[..., 5:15, 6:18, 4:14] = 1
+    case = {"id": "obs000", "full": torch.rand(1, 1, 20, 24, 18, generator=generator), "label": label,
+            "spacing": (1.5, 1.5, 1.5)}
+    fixed, moving = bench.synthetic_pair(case, 0.5, seed=3, shadow_prob=1.0)
+    again_fixed, again = bench.synthetic_pair(case, 0.5, seed=3, shadow_prob=1.0)
+    other = bench.synthetic_pair(case, 0.5, seed=4)[1]
+    assert torch.equal(moving["full"], again["full"]) and torch.equal(fixed["full"], again_fixed["full"])
+    assert not torch.equal(moving["field"], other["field"])
+    assert torch.equal(moving["label"], warp_labels(label, moving["field"])) and torch.equal(fixed["label"], label)
+    length = moving["field"].norm(dim=1)
+    assert length.max() <= 8.0 + 1e-4 and (abs(length.mean() - 4.0) < 1e-3 or abs(length.max() - 8.0) < 1e-3)
+    assert fixed["small"].shape[2:] == (10, 12, 9) and 0 <= moving["full"].min() and moving["full"].max() <= 1
+    shadow = moving["shadow"]
+    assert shadow.any() and moving["full"][shadow].mean() < 0.2 * moving["full"][~shadow].mean()
+    clean_fixed, clean = bench.synthetic_pair(case, 0.5, seed=3, noise=0.0, shadow_prob=0.0)
+    assert torch.allclose(clean["full"], warp(case["full"], clean["field"])) and torch.equal(clean_fixed["full"], case["full"])
+    assert not clean["shadow"].any()
+    assert torch.equal(bench.random_field((20, 24, 18), torch.Generator().manual_seed(1)),
+                       bench.random_field((20, 24, 18), torch.Generator().manual_seed(1)))
