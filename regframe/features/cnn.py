@@ -11,6 +11,13 @@ _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
+def he_initialise(conv: nn.Module) -> None:
+    """He (Kaiming) normal initialisation of a convolution's weight (fan-in, ReLU gain), zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class CSTFeatures(NamedTuple):
     """Outputs of :class:`CSTFeatureNet` for one image batch."""
 
@@ -66,9 +73,7 @@ class CSTFeatureNet(nn.Module):
             return
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                he_initialise(module)
             elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 module.reset_parameters()
 

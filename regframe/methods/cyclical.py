@@ -28,9 +28,10 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.refine import RefinedEstimator
+from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
-from regframe.pseudo_labels import PseudoLabelStore
+from regframe.pseudo_labels import MANIFEST, PseudoLabelStore
 
 
 STAGE0_INITS = ("default", "kaiming")
@@ -48,9 +49,7 @@ def _reinitialise(module: torch.nn.Module, seed: int, init: str = "default") -> 
             if hasattr(child, "reset_running_stats"):
                 child.reset_running_stats()
             if init == "kaiming" and isinstance(child, torch.nn.modules.conv._ConvNd):
-                torch.nn.init.kaiming_normal_(child.weight, mode="fan_in", nonlinearity="relu")
-                if child.bias is not None:
-                    torch.nn.init.zeros_(child.bias)
+                he_initialise(child)
 
 
 class CyclicalSelfTraining(RegistrationModule):
@@ -147,7 +146,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
             root = RunConfigCallback.run_directory(trainer) / "pseudo_labels"
         fresh = self._resume is None
-        if fresh and (root / "manifest.json").exists():
+        if fresh and (root / MANIFEST).exists():
             rank_zero_warn(f"pseudo labels: {root} holds labels of an earlier run; this run does not resume "
                            "from a checkpoint, so it starts again from stage 0 and replaces them")
         self.store = PseudoLabelStore(root, len(datamodule.train_pairs), shape, fresh=fresh)
