@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
@@ -74,31 +75,20 @@ def set_dropout(module: nn.Module, p: float) -> None:
 def recalibrate_batchnorm(network: nn.Module, images: list[Tensor], batch_size: int = 2) -> None:
     """Re-estimate every BatchNorm layer's running statistics of ``network`` as the plain average of
     batch statistics over ``images`` (each ``(1, *S)``; a last batch of one joins the one before), with
-    dropout off; restores the dropout rates, momenta and the train/eval mode. Statistics taken while
-    training with dropout describe a different (noisier) network than the one used in eval mode
-    (variance shift); this makes them match."""
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not images:
+    dropout off (:func:`torch.optim.swa_utils.update_bn`, which restores momenta and the train/eval
+    mode; the dropout rates are restored here). Statistics taken while training with dropout describe
+    a different (noisier) network than the one used in eval mode (variance shift); this makes them match."""
+    if not images:
         return
     dropouts = {m: m.p for m in network.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
-    momenta = [m.momentum for m in norms]
-    was_training = network.training
     set_dropout(network, 0.0)
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None                                   # cumulative average
-    network.train()
-    device = next(network.parameters()).device
     starts = list(range(0, len(images), batch_size))
     if len(starts) > 1 and len(images) - starts[-1] == 1:
         starts.pop()                                           # no batch of one (BatchNorm needs two values)
-    for start, end in zip(starts, starts[1:] + [len(images)]):
-        network(torch.stack(images[start:end]).to(device).float())
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
+    batches = (torch.stack(images[start:end]).float() for start, end in zip(starts, starts[1:] + [len(images)]))
+    update_bn(batches, network, device=next(network.parameters()).device)
     for layer, rate in dropouts.items():
         layer.p = rate
-    network.train(was_training)
 
 
 class JointSegRegSelfTraining(RegistrationModule):
