@@ -39,7 +39,7 @@ from callbacks.ema import EMATeacher
 from data_modules.paired import PairedDataModule
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
 from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, recalibrate_batchnorm
-from regframe.metrics import pair_metrics
+from regframe.metrics import dice_per_label, pair_metrics
 from regframe.segmenters import NetworkSegmenter
 
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -124,9 +124,8 @@ def seg_dice(segmenter: torch.nn.Module, subjects: list[dict]) -> float:
     segmenter.eval()
     scores = []
     for subject in subjects:
-        predicted = segmenter(subject["image"][None]).argmax(dim=1) == 1
-        truth = subject["label"][0] == 1
-        scores.append(2.0 * (predicted & truth[None]).sum().item() / (predicted.sum() + truth.sum()).item())
+        predicted = segmenter(subject["image"][None]).argmax(dim=1)
+        scores.append(dice_per_label(subject["label"][0], predicted[0], [1])[1])
     return statistics.fmean(scores)
 
 
