@@ -110,3 +110,19 @@ def test_upsample_field_constant_and_scaling():
     assert up.shape == (1, 3, 24, 32, 40)
     torch.testing.assert_close(up, torch.full_like(up, 8.0))
     assert identity_grid((2, 3)).shape == (1, 2, 2, 3)
+
+
+@pytest.mark.parametrize("shape, times, kernel_size", [((2, 5, 1, 2, 7), 2, 5), ((1, 3, 9, 8, 7), 3, 3),
+                                                       ((2, 4, 6, 5), 2, 3), ((1, 2, 11), 3, 5)])
+def test_box_filter_is_the_in_grid_mean(shape, times, kernel_size):
+    """The separable filter equals a non-separable average over the in-grid neighbours (avg-pool of
+    the zero-padded map divided by the avg-pool of the zero-padded ones), in 1D, 2D and 3D."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pool = {1: torch.nn.functional.avg_pool1d, 2: torch.nn.functional.avg_pool2d,
+            3: torch.nn.functional.avg_pool3d}[x.dim() - 2]
+    pad = (kernel_size // 2,) * (2 * (x.dim() - 2))
+    count = pool(torch.nn.functional.pad(torch.ones_like(x[:1, :1]), pad), kernel_size, stride=1)
+    expected = x
+    for _ in range(times):
+        expected = pool(torch.nn.functional.pad(expected, pad), kernel_size, stride=1) / count
+    torch.testing.assert_close(box_filter(x, times, kernel_size), expected)
