@@ -1,6 +1,8 @@
 """CST test-time ablation (paper, Table 1 lower part): Dice, SDlogJ and time per pair of a trained
 model's estimator under {1, 2} warps x {no Adam, Adam} (ICE on), plus the identity, on the
-validation pairs of the run's data module.
+validation pairs of the run's data module. ``--networks trained random`` also evaluates the
+random stage-0 network (``CyclicalSelfTraining.random_stage0_estimator``, He init) under the same
+settings, i.e. what the training stages bought over the random features.
 
     python benchmarks/cst_test_time_ablation.py --ckpt runs/cst_cpu/checkpoints/last.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_cpu.yaml [--max-pairs 15]
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--config", action="append", required=True)
     parser.add_argument("--max-pairs", type=int, default=None)
     parser.add_argument("--adam-iterations", type=int, default=50)
+    parser.add_argument("--networks", nargs="+", choices=("trained", "random"), default=["trained"],
+                        help="feature networks to evaluate: the checkpoint's and/or the random stage-0 one")
     args = parser.parse_args()
     cli = RegframeCLI(args=[f"--config={c}" for c in args.config] + ["--trainer.logger=false"], run=False)
     model, data = cli.model, cli.datamodule
@@ -42,9 +46,11 @@ def main() -> None:
     data.setup("validate")
     batches = list(data.val_dataloader())[: args.max_pairs]
     rows = []
+    networks = {"trained": model.estimator, "random": model.random_stage0_estimator()}
     variants = [("identity", None)] + [
-        (name, model.estimator.with_settings(**{"adam_iterations": args.adam_iterations, **settings}))
-        for name, settings in SETTINGS]
+        (f"{network}: {name}" if len(args.networks) > 1 else name,
+         networks[network].with_settings(**{"adam_iterations": args.adam_iterations, **settings}))
+        for network in args.networks for name, settings in SETTINGS]
     for name, estimator in variants:
         dice, sdlogj, seconds = [], [], []
         for batch in batches:
