@@ -6,19 +6,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _box_along(x: Tensor, axis: int, kernel_size: int) -> Tensor:
-    """Mean over the ``kernel_size`` neighbours along ``axis`` that lie inside the grid."""
+def _in_grid_count(x: Tensor, axis: int, kernel_size: int) -> Tensor:
+    """Number of the ``kernel_size`` neighbours along ``axis`` that lie inside the grid, shaped to
+    broadcast against ``x``."""
     n = x.shape[axis]
+    radius = kernel_size // 2
+    ones = F.pad(x.new_ones(n), (radius, radius))
+    shape = [1] * x.dim()
+    shape[axis] = n
+    return sum(ones.narrow(0, shift, n) for shift in range(kernel_size)).view(shape)
+
+
+def _box_along(x: Tensor, axis: int, kernel_size: int, count: Tensor) -> Tensor:
+    """Mean over the ``kernel_size`` neighbours along ``axis`` that lie inside the grid (``count``)."""
     radius = kernel_size // 2
     pad = [0, 0] * (x.dim() - 2)
     pad[2 * (x.dim() - 1 - axis)] = pad[2 * (x.dim() - 1 - axis) + 1] = radius
     padded = F.pad(x, pad)
-    total = sum(padded.narrow(axis, shift, n) for shift in range(kernel_size))
-    ones = F.pad(x.new_ones(n), (radius, radius))
-    count = sum(ones.narrow(0, shift, n) for shift in range(kernel_size))
-    shape = [1] * x.dim()
-    shape[axis] = n
-    return total / count.view(shape)
+    return sum(padded.narrow(axis, shift, x.shape[axis]) for shift in range(kernel_size)) / count
 
 
 def box_filter(x: Tensor, times: int = 1, kernel_size: int = 3) -> Tensor:
@@ -31,7 +36,10 @@ def box_filter(x: Tensor, times: int = 1, kernel_size: int = 3) -> Tensor:
     the kernel size. Computed separably, one axis at a time (the in-grid count factorises per
     axis), which is 3-6x faster than ``avg_pool3d`` on CPU.
     """
-    for _ in range(max(times, 0)):
-        for axis in range(2, x.dim()):
-            x = _box_along(x, axis, kernel_size)
+    if times <= 0:
+        return x
+    counts = {axis: _in_grid_count(x, axis, kernel_size) for axis in range(2, x.dim())}
+    for _ in range(times):
+        for axis, count in counts.items():
+            x = _box_along(x, axis, kernel_size, count)
     return x
