@@ -73,6 +73,11 @@ def normalise(volume: Tensor, kind: str) -> Tensor:
     return ranks.view_as(volume)
 
 
+def reduced_shape(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    """The training grid: ``shape`` scaled by ``factor``, at least 8 voxels per axis."""
+    return tuple(max(8, round(n * factor)) for n in shape)
+
+
 def load_cases(factor: float, norm: str = "scale") -> list[dict]:
     """All US volumes (``normalise(·, norm)``) with the gland label, at full and at reduced resolution."""
     cases = []
@@ -80,7 +85,7 @@ def load_cases(factor: float, norm: str = "scale") -> list[dict]:
         image = read_image(path)
         label = read_label(DATA / "fixed_labels" / path.name, channel=0)
         full = normalise(torch.as_tensor(image.array, dtype=torch.float32)[None, None], norm)
-        small = tuple(max(8, round(n * factor)) for n in full.shape[2:])
+        small = reduced_shape(full.shape[2:], factor)
         cases.append({"id": path.name.split(".")[0], "full": full, "small": resize_image(full, small),
                       "label": torch.as_tensor(label.array)[None, None], "spacing": image.spacing})
     return cases
@@ -175,7 +180,7 @@ def synthetic_pair(case: dict, factor: float, seed: int, noise: float = 0.2, sha
     if torch.rand(1, generator=generator).item() >= shadow_prob:
         shadow = torch.zeros_like(shadow)
     moving = torch.where(shadow, moving * shadow_gain, moving)
-    small = tuple(max(8, round(n * factor)) for n in shape)
+    small = reduced_shape(shape, factor)
     return ({"id": case["id"], "full": fixed, "small": resize_image(fixed, small), "label": label,
              "spacing": case["spacing"]},
             {"id": case["id"], "full": moving, "small": resize_image(moving, small),
@@ -226,7 +231,7 @@ def instance_optimisation(pairs: list[tuple[dict, dict]], factor: float, lam: fl
     dices = []
     for fixed, moving in pairs:
         full = fixed["full"].shape[2:]
-        size = tuple(max(8, round(n * factor)) for n in full)
+        size = reduced_shape(full, factor)
         target, source = resize_image(fixed["full"], size), resize_image(moving["full"], size)
         disp = torch.zeros(1, 3, *size, requires_grad=True)
         optimiser = torch.optim.Adam([disp], lr=lr)

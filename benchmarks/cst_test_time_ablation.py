@@ -46,11 +46,12 @@ def main() -> None:
     data.setup("validate")
     batches = list(data.val_dataloader())[: args.max_pairs]
     rows = []
-    networks = {"trained": model.estimator, "random": model.random_stage0_estimator()}
+    networks = {network: model.estimator if network == "trained" else model.random_stage0_estimator()
+                for network in args.networks}
     variants = [("identity", None)] + [
         (f"{network}: {name}" if len(args.networks) > 1 else name,
-         networks[network].with_settings(**{"adam_iterations": args.adam_iterations, **settings}))
-        for network in args.networks for name, settings in SETTINGS]
+         estimator.with_settings(**{"adam_iterations": args.adam_iterations, **settings}))
+        for network, estimator in networks.items() for name, settings in SETTINGS]
     for name, estimator in variants:
         dice, sdlogj, seconds = [], [], []
         for batch in batches:
