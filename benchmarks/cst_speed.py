@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_modules.augment import PairAffineAugmentation  # noqa: E402
+from regframe.augment import PairAffineAugmentation  # noqa: E402
 from regframe.estimators.refine import RefinedEstimator  # noqa: E402
 from regframe.losses import end_point_error  # noqa: E402
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
-from data_modules.learn2reg import label_ids
-from data_modules.preprocess import IntensityMap, pad_crop_subject, resample_by_factor, resize_subject
+from regframe.learn2reg import label_ids
+from regframe.preprocess import IntensityMap, pad_crop_subject, resample_by_factor, resize_subject
 from regframe.errors import RegframeInputError
 from regframe.io import check_same_grid, read_image, read_label
 

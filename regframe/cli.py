@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback
 
 TOOLS = ("register", "evaluate", "data")
@@ -47,15 +46,6 @@ class RegframeCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [RichProgressBar(leave=True)]}
         return super().instantiate_trainer(**kwargs)
-
-
-def import_plugins() -> None:
-    """Import every method, data module and callback so short ``class_path`` names resolve and
-    checkpoints of any method can be loaded."""
-    for package in ("regframe.methods", "data_modules", "callbacks"):
-        module = importlib.import_module(package)
-        for info in pkgutil.iter_modules(module.__path__):
-            importlib.import_module(f"{package}.{info.name}")
 
 
 def default_wandb_offline() -> None:

@@ -48,7 +48,7 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     Units: Dice in [0, 1], HD95 in mm (``hd95_vox`` in voxels, as Learn2Reg reports it), fold in %.
     NaN is written as ``null``.
     """
-    from data_modules.learn2reg import load_dataset_json
+    from regframe.learn2reg import load_dataset_json
 
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)

@@ -34,7 +34,7 @@ class Preprocessing:
     resample_factor: float = 1.0
 
     def __call__(self, array: np.ndarray) -> Tensor:
-        from data_modules.preprocess import IntensityMap
+        from regframe.preprocess import IntensityMap
 
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         x = IntensityMap(self.clamp, self.shift, self.scale)(x)[None, None]
@@ -89,7 +89,7 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
 def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, dict]:
     """Load a regframe method from a checkpoint written by ``regframe fit``, with the
     datamodule's hyperparameters (for preprocessing)."""
-    from regframe.cli import import_plugins
+    from regframe.plugins import import_plugins
 
     if not Path(path).is_file():
         raise RegframeInputError(f"{path}: checkpoint not found")
@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         if args.fixed or args.moving:
             raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
-        from data_modules.learn2reg import load_dataset_json
+        from regframe.learn2reg import load_dataset_json
         from regframe.evaluate import displacement_name
 
         spec = load_dataset_json(args.dataset)

@@ -34,7 +34,7 @@ def run_tool(argv: Sequence[str]) -> int:
         elif args.tool == "evaluate":
             from regframe.evaluate import main
         else:
-            from data_modules.phantom import write_phantom_dataset
+            from regframe.phantom import write_phantom_dataset
 
             path = write_phantom_dataset(args.out, subjects=args.subjects, shape=tuple(args.shape), seed=args.seed)
             print(path)

@@ -98,7 +98,7 @@ class CyclicalSelfTraining(RegistrationModule):
     ) -> None:
         estimator = estimator if estimator is not None else RefinedEstimator()
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
-        from data_modules.augment import PairAffineAugmentation
+        from regframe.augment import PairAffineAugmentation
 
         if stages < 1 or epochs_per_stage < 1:
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")

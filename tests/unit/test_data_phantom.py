@@ -10,8 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data_modules.learn2reg import load_dataset_json
-from data_modules.phantom import LABEL_NAMES, PhantomDataModule, write_phantom_dataset
+from regframe.learn2reg import load_dataset_json
+from data_modules.phantom import PhantomDataModule
+from regframe.phantom import LABEL_NAMES, write_phantom_dataset
 
 SHAPE = (32, 28, 40)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.preprocess import IntensityMap, pad_crop_subject, resample_by_factor
+from regframe.preprocess import IntensityMap, pad_crop_subject, resample_by_factor
 
 
 def _subject(shape=(6, 8, 4)) -> dict:

@@ -57,7 +57,7 @@ def ref_mean_dice(fixed: np.ndarray, warped: np.ndarray, moving: np.ndarray) -> 
 def test_displacement_names_follow_learn2reg():
     from pathlib import Path
 
-    from data_modules.learn2reg import PairEntry, SubjectEntry
+    from regframe.learn2reg import PairEntry, SubjectEntry
 
     fixed = SubjectEntry("0021", Path("imagesTr/AbdomenCTCT_0021_0000.nii.gz"))
     moving = SubjectEntry("0022", Path("imagesTr/AbdomenCTCT_0022_0000.nii.gz"))

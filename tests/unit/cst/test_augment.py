@@ -2,7 +2,7 @@
 
 import torch
 
-from data_modules.augment import PairAffineAugmentation, transform_target
+from regframe.augment import PairAffineAugmentation, transform_target
 from regframe.optim.smoothing import box_filter
 from regframe.spatial import resize_field, warp
 
