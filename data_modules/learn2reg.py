@@ -16,7 +16,7 @@ import torch
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.errors import RegframeInputError
 from regframe.learn2reg import Learn2RegSpec, _id_key, label_ids, load_dataset_json, load_subject, subject_id
-from regframe.preprocess import IntensityMap, resample_by_factor
+from regframe.preprocess import Preprocessing
 
 
 class Learn2RegDataModule(RegistrationDataModule):
@@ -53,7 +53,7 @@ class Learn2RegDataModule(RegistrationDataModule):
         self.pairs = pairs
         self.train_subject_ids = [str(s) for s in train_subjects] if train_subjects is not None else None
         self.exclude_val_subjects = exclude_val_subjects
-        self.intensity = IntensityMap(tuple(clamp) if clamp is not None else None, shift, scale)
+        self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
         self.resample_factor = resample_factor
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
@@ -78,8 +78,7 @@ class Learn2RegDataModule(RegistrationDataModule):
                 subject = load_subject(entry, self.spec.label_names, self.label_channel)
             except RegframeInputError as err:
                 raise RegframeInputError(f"{err} (listed in {self.spec.json_path})") from err
-            subject = resample_by_factor(subject, self.resample_factor)
-            subject["image"] = self.intensity(subject["image"])
+            subject = self.preprocessing.subject(subject)
             cache[entry.image] = subject
         return cache[entry.image]
 

@@ -20,7 +20,7 @@ import torch
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.learn2reg import label_ids
-from regframe.preprocess import IntensityMap, pad_crop_subject, resample_by_factor, resize_subject
+from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 from regframe.errors import RegframeInputError
 from regframe.io import check_same_grid, read_image, read_label
 
@@ -103,7 +103,7 @@ class PairedDataModule(RegistrationDataModule):
         self.pair_order = pair_order
         self.target_shape = tuple(int(s) for s in target_shape) if target_shape is not None else None
         self.resize = resize
-        self.intensity = IntensityMap(tuple(clamp) if clamp is not None else None, shift, scale)
+        self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
         self.label_channel = label_channel
         self.label_name = label_name
         self.resample_factor = resample_factor
@@ -138,8 +138,7 @@ class PairedDataModule(RegistrationDataModule):
             subject = pad_crop_subject(subject, shape)
         else:
             subject = resize_subject(subject, shape)
-        subject = resample_by_factor(subject, self.resample_factor)
-        subject["image"] = self.intensity(subject["image"])
+        subject = self.preprocessing.subject(subject)
         return subject
 
     def load(self) -> None:

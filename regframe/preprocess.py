@@ -20,17 +20,52 @@ from regframe.spatial import resize_image
 
 
 @dataclass(frozen=True)
-class IntensityMap:
-    """``x -> (clip(x, *clamp) + shift) * scale``; ``clamp=None`` skips clipping."""
+class Preprocessing:
+    """What a method's inputs went through, stored in checkpoints and reused at inference.
+
+    Intensities: ``x -> (clip(x, *clamp) + shift) * scale`` (``clamp=None`` skips clipping).
+    Resolution: resampled by ``resample_factor`` per axis (0.5 = half resolution, spacing doubles).
+    """
 
     clamp: tuple[float, float] | None = None
     shift: float = 0.0
     scale: float = 1.0
+    resample_factor: float = 1.0
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __post_init__(self) -> None:
         if self.clamp is not None:
-            image = image.clamp(float(self.clamp[0]), float(self.clamp[1]))
+            object.__setattr__(self, "clamp", (float(self.clamp[0]), float(self.clamp[1])))
+
+    def intensity(self, image: torch.Tensor) -> torch.Tensor:
+        """The intensity map alone, on any tensor."""
+        if self.clamp is not None:
+            image = image.clamp(self.clamp[0], self.clamp[1])
         return (image + self.shift) * self.scale
+
+    def subject(self, subject: dict) -> dict:
+        """Resample a subject dict by ``resample_factor``, then map its image's intensities."""
+        out = dict(resample_by_factor(subject, self.resample_factor))
+        out["image"] = self.intensity(out["image"])
+        return out
+
+    def image(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An array ``(*S)`` as stored on disk -> the network input ``(1, 1, *S')``."""
+        x = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
+        x = self.intensity(x)[None, None]
+        if self.resample_factor != 1.0:
+            x = resize_image(x, [max(1, math.floor(s * self.resample_factor)) for s in x.shape[2:]])
+        return x
+
+    def to_dict(self) -> dict:
+        return {"clamp": list(self.clamp) if self.clamp is not None else None, "shift": self.shift,
+                "scale": self.scale, "resample_factor": self.resample_factor}
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Preprocessing":
+        values = dict(values or {})
+        clamp = values.get("clamp")
+        return cls(tuple(clamp) if clamp else None, float(values.get("shift", 0.0)), float(values.get("scale", 1.0)),
+                   float(values.get("resample_factor", 1.0)))
 
 
 def _rescale_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:

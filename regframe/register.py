@@ -10,7 +10,6 @@ import argparse
 import importlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +18,9 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
+from regframe.preprocess import Preprocessing
 from regframe.io import Volume, read_image, write_displacement, write_nifti
 from regframe.spatial import resize_field, resize_image, warp
-
-
-@dataclass
-class Preprocessing:
-    """Intensity and resolution preprocessing applied before estimation:
-    ``x -> (clip(x, *clamp) + shift) * scale``, then resampling by ``resample_factor``."""
-
-    clamp: tuple[float, float] | None = None
-    shift: float = 0.0
-    scale: float = 1.0
-    resample_factor: float = 1.0
-
-    def __call__(self, array: np.ndarray) -> Tensor:
-        from regframe.preprocess import IntensityMap
-
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        x = IntensityMap(self.clamp, self.shift, self.scale)(x)[None, None]
-        if self.resample_factor != 1.0:
-            x = resize_image(x, [int(s * self.resample_factor) for s in x.shape[2:]])
-        return x
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,18 +51,12 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
 
         model, data_hparams = load_checkpoint(args.checkpoint, RegistrationModule)
         model = model.to(args.device).eval()
-        prep = Preprocessing(
-            clamp=tuple(data_hparams["clamp"]) if data_hparams.get("clamp") else None,
-            shift=float(data_hparams.get("shift", 0.0)),
-            scale=float(data_hparams.get("scale", 1.0)),
-            resample_factor=float(data_hparams.get("resample_factor", 1.0)),
-        )
+        prep = Preprocessing.from_dict(data_hparams)
         run = lambda fixed, moving: model.predict_displacement({"fixed": fixed, "moving": moving})  # noqa: E731
-    if args.clamp is not None:
-        prep.clamp = tuple(args.clamp)
-    for name in ("shift", "scale", "resample_factor"):
-        if getattr(args, name) is not None:
-            setattr(prep, name, getattr(args, name))
+    overrides = {name: getattr(args, name) for name in ("clamp", "shift", "scale", "resample_factor")
+                 if getattr(args, name) is not None}
+    if overrides:
+        prep = Preprocessing.from_dict({**prep.to_dict(), **overrides})
     return run, prep
 
 
@@ -132,7 +106,7 @@ def register_pair(run: Callable[[Tensor, Tensor], Tensor], prep: Preprocessing, 
             "resample both to one grid first")
     if not np.allclose(fixed.spacing, moving.spacing, rtol=1e-3):
         raise RegframeInputError(f"{moving.path}: spacing {moving.spacing} differs from fixed {fixed.path} spacing {fixed.spacing}")
-    f, m = prep(fixed.array).to(device), prep(moving.array).to(device)
+    f, m = prep.image(fixed.array).to(device), prep.image(moving.array).to(device)
     start = time.perf_counter()
     with torch.no_grad():
         disp = run(f, m)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from regframe.preprocess import IntensityMap, pad_crop_subject, resample_by_factor
+from regframe.preprocess import Preprocessing, pad_crop_subject, resample_by_factor
 
 
 def _subject(shape=(6, 8, 4)) -> dict:
@@ -23,8 +23,8 @@ def _world(affine: np.ndarray, points: torch.Tensor) -> np.ndarray:
 
 def test_intensity_map():
     x = torch.tensor([-1000.0, 0.0, 1000.0])
-    assert IntensityMap((-200.0, 300.0), 0.0, 1 / 500)(x).tolist() == pytest.approx([-0.4, 0.0, 0.6])
-    assert IntensityMap(None, 1.0, 2.0)(x).tolist() == [-1998.0, 2.0, 2002.0]
+    assert Preprocessing((-200.0, 300.0), 0.0, 1 / 500).intensity(x).tolist() == pytest.approx([-0.4, 0.0, 0.6])
+    assert Preprocessing(None, 1.0, 2.0).intensity(x).tolist() == [-1998.0, 2.0, 2002.0]
 
 
 def test_pad_crop_keeps_world_positions():
