@@ -4,8 +4,9 @@ One LightningModule trains a segmenter ``ψ_s`` and a registration estimator ``�
 :class:`~regframe.stages.StageSchedule` (a pure function of the epoch, so a resumed run resumes its stage):
 
 1. ``seg_pretrain`` – ``ψ_s`` on the N labelled subjects with soft Dice (the Mono-Seg baseline).
-2. ``reg_pretrain`` – ``ψ_r`` with :class:`~regframe.objectives.label_supervised_registration.LabelSupervisedRegistrationLoss`
-   on true labels where both subjects are labelled (the Mono-Reg baseline).
+2. ``reg_pretrain`` – ``ψ_r`` with the label-supervised registration loss (MSE + smooth_weight·diffusion +
+   dice_weight·soft Dice, :mod:`regframe.objectives.label_supervised_registration`) on true labels where
+   both subjects are labelled (the Mono-Reg baseline).
 3. ``rounds`` × (``seg_epochs_per_round`` of ``student`` then ``reg_epochs_per_round`` of ``reg_joint``):
    the student (dropout ``student_dropout``) learns with :class:`~regframe.objectives.segmentation.StudentLoss`
    from true labels and from the EMA teacher's screened pseudo labels
