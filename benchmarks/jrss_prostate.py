@@ -2,7 +2,8 @@
 
 Protocol (as in the paper: the Mono-Nets are pre-trained and initialise the joint models):
   1. Mono-Seg: segmenter on the N labelled training subjects (soft Dice), ``--seg-epochs``.
-  2. Mono-Reg: registration, MSE + λ_r·diffusion + λ_d·Dice on the labelled subjects' true labels.
+  2. Mono-Reg: registration, MSE + smooth_weight·diffusion + dice_weight·Dice on the labelled subjects' true labels
+     (regframe.objectives.label_supervised_registration).
   3. JRSS: ``--rounds`` × (1 student epoch : 5 registration epochs), initialised from 1 and 2.
   4. Equal-budget baselines: 1 and 2 continued (same mode) for as many steps as JRSS gave each network;
      ``mono_seg_equal_ema`` also ends with an EMA of its weights like the JRSS teacher (control).
@@ -38,9 +39,10 @@ import torch
 from callbacks.ema import EMATeacher
 from data_modules.paired import PairedDataModule
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
-from regframe.methods.joint_seg_reg import JointSegRegSelfTraining, recalibrate_batchnorm
+from regframe.methods.joint_seg_reg import JointSegRegSelfTraining
 from regframe.metrics import dice_per_label, pair_metrics
 from regframe.segmenters import NetworkSegmenter
+from regframe.segmenters.dropout import recalibrate_batchnorm
 
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -75,11 +77,11 @@ def build_module(args: argparse.Namespace, seed: int, **kwargs) -> JointSegRegSe
 
 def fit(module: JointSegRegSelfTraining, datamodule: PairedDataModule, args: argparse.Namespace,
         checkpoint: Path, callbacks: list[pl.Callback] = ()) -> float:
-    """Train for ``module.total_epochs`` and save the checkpoint; returns wall seconds."""
+    """Train for ``module.schedule.total_epochs`` and save the checkpoint; returns wall seconds."""
     callbacks = list(callbacks)
     if module.hparams.mode == "joint":   # the Mono-Seg teacher is kept and averaged (no ramp), own BN statistics
         callbacks.append(EMATeacher(decay=0.99, ramp=False, buffers="keep"))
-    trainer = pl.Trainer(max_epochs=module.total_epochs, limit_train_batches=args.steps_per_epoch,
+    trainer = pl.Trainer(max_epochs=module.schedule.total_epochs, limit_train_batches=args.steps_per_epoch,
                          limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                          default_root_dir=checkpoint.parent)

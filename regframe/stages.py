@@ -9,7 +9,7 @@ which member is missing, instead of relying on undocumented duck typing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -117,6 +117,19 @@ class EMAStudent(Protocol):
 
     def student_updated(self) -> bool:
         """Whether the student's weights changed in the current training batch."""
+
+
+@runtime_checkable
+class TeacherUser(EMAStudent, Protocol):
+    """An :class:`EMAStudent` that trains against the teacher (``callbacks.ema.EMATeacher``): the callback
+    hands it a way to read the current teacher and restarts the teacher from the student when asked, so
+    the module never looks the callback up."""
+
+    def attach_teacher(self, teacher: Callable[[], nn.Module]) -> None:
+        """Receive ``teacher``; ``teacher()`` returns the current teacher network (eval mode, frozen)."""
+
+    def teacher_restart_due(self) -> bool:
+        """Whether the teacher must restart as a copy of the student before the current training epoch."""
 
 
 @runtime_checkable

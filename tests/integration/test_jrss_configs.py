@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from callbacks.ema import EMATeacher
 from regframe.cli import RegframeCLI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,11 @@ def test_abdomen_jrss_on_phantom(tmp_path):
     assert cli.trainer.current_epoch == 4
     assert len(cli.model.hparams["labelled_ids"]) == 2
     assert {"val/seg_dice", "val/dice"} <= set(cli.trainer.callback_metrics)
+    registration, student = cli.model.registration_loss, cli.model.student_loss   # the YAML's loss weights arrive
+    assert (registration.smooth_weight, registration.smooth_weight_warmup, registration.dice_weight) == (0.025, 0.1, 0.1)
+    assert (student.uncertainty_weight, student.seg_dice_weight) == (0.5, 1.0)
+    ema = next(c for c in cli.trainer.callbacks if isinstance(c, EMATeacher))
+    assert (ema.ramp, ema.buffers) == (False, "keep") and cli.model.teacher() is ema.teacher
 
 
 @pytest.mark.real_data

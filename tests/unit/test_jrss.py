@@ -1,5 +1,6 @@
-"""JRSS pieces: pseudo-label screening, KL term, EMA teacher math and checkpoints, stage schedule,
-few-shot subject choice, and a few training steps of every mode on tiny in-memory data."""
+"""JRSS pieces: pseudo-label screening, the student and registration objectives, BatchNorm
+recalibration, stage schedule, few-shot subject choice, initialisation from checkpoints, and a few
+training steps of every mode on tiny in-memory data (the EMA teacher's own tests: test_ema_teacher.py)."""
 
 import copy
 
@@ -9,11 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from callbacks.ema import EMATeacher
+from regframe.errors import RegframeInputError
 from regframe.estimators.obelisk_regressor import ObeliskRegressor
 from regframe.losses import symmetric_kl
-from regframe.methods.joint_seg_reg import (JointSegRegSelfTraining, recalibrate_batchnorm, screen_pseudo_labels,
-                                           weighted_cross_entropy)
+from regframe.methods.joint_seg_reg import JointSegRegSelfTraining
+from regframe.objectives.label_supervised_registration import LabelSupervisedRegistrationLoss
+from regframe.objectives.screening import screen_pseudo_labels
+from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights, weighted_cross_entropy
 from regframe.segmenters import NetworkSegmenter
+from regframe.segmenters.dropout import recalibrate_batchnorm
+from regframe.stages import EMAStudent, TeacherUser
 
 SHAPE = (12, 12, 12)
 
@@ -82,9 +88,17 @@ def test_weighted_cross_entropy_ignores_voxels_without_target_and_weights_classe
 
 def test_class_weights_follow_inverse_sqrt_frequency_or_are_uniform():
     labels = [torch.tensor([0, 0, 0, 1])]                # frequencies 3/4 and 1/4
-    weights = make_module()._inverse_sqrt_frequency(labels)
-    assert torch.allclose(weights[1] / weights[0], torch.tensor(3.0).sqrt()) and torch.isclose(weights.mean(), torch.tensor(1.0))
-    assert torch.equal(make_module(ce_class_weighting=False)._inverse_sqrt_frequency(labels), torch.ones(2))
+    weights = inverse_sqrt_frequency_weights(labels, 2)
+    assert torch.allclose(weights[1] / weights[0], torch.tensor(3.0).sqrt())
+    assert torch.isclose(weights.mean(), torch.tensor(1.0))
+    for weighting in (True, False):
+        module = make_module(ce_class_weighting=weighting)
+        module.trainer = pl.Trainer(logger=False)
+        module.trainer.datamodule = data = TinyBlobs()
+        module.setup("fit")
+        chosen = [s["label"] for s in data.train_subjects if s["id"] in module.hparams["labelled_ids"]]
+        expected = inverse_sqrt_frequency_weights(chosen, 2) if weighting else torch.ones(2)
+        assert torch.equal(module.class_weights, expected)
 
 
 def test_symmetric_kl_zero_for_identical_and_positive_otherwise():
@@ -93,44 +107,52 @@ def test_symmetric_kl_zero_for_identical_and_positive_otherwise():
     assert symmetric_kl(p, torch.softmax(torch.randn(2, 3, 5, 5), dim=1)) > 0
 
 
-def test_ema_update_math_with_ramped_decay():
-    student = torch.nn.Linear(2, 1)
-    ema = EMATeacher(decay=0.9)
-    ema.reset(student)
-    with torch.no_grad():
-        student.weight.fill_(1.0)
-    ema.update(student)                                  # n = 0: decay 0, teacher = student
-    assert torch.equal(ema.teacher.weight, student.weight)
-    before = ema.teacher.weight.clone()
-    with torch.no_grad():
-        student.weight.fill_(3.0)
-    ema.update(student)                                  # n = 1: decay min(0.9, 1/2) = 0.5
-    assert torch.allclose(ema.teacher.weight, 0.5 * before + 0.5 * 3.0)
-    ema.num_updates = 50
-    before = ema.teacher.weight.clone()
-    ema.update(student)                                  # ramp saturated: decay 0.9
-    assert torch.allclose(ema.teacher.weight, 0.9 * before + 0.1 * 3.0)
-    assert not any(p.requires_grad for p in ema.teacher.parameters())
+def test_student_loss_known_answer_and_dice_through_registration_pairs():
+    # One pair: image 0 = fixed (labelled), image 1 = warped moving (unlabelled); two classes, four voxels.
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])          # background, foreground
+    logits = torch.zeros(2, 2, 4)
+    logits[1] = 3.0 * (2 * target - 1)                    # the warped moving image predicts the fixed label
+    targets = torch.stack([target, torch.zeros(2, 4)])
+    labelled = torch.tensor([True, False])
+    pseudo = torch.stack([torch.zeros(2, 4), target])
+    teacher = torch.stack([torch.full((2, 4), 0.5), torch.tensor([[0.8] * 4, [0.2] * 4])])
+    extra_logits, extra_targets = torch.zeros(1, 2, 4), target[None]
+    terms = StudentLoss(uncertainty_weight=0.5, seg_dice_weight=2.0)(
+        logits, targets, labelled, pseudo, teacher, extra_logits, extra_targets, torch.ones(2))
+    log2 = torch.log(torch.tensor(2.0))
+    assert torch.allclose(terms.ce_labelled, log2)        # uniform logits on the labelled images
+    right = torch.sigmoid(torch.tensor(6.0))              # probability of the right class in image 1
+    assert torch.allclose(terms.ce_pseudo, -right.log())
+    student = logits[1].softmax(0)
+    expected_kl = 0.5 * ((teacher[1] - student) * (teacher[1].log() - student.log())).mean()
+    assert torch.allclose(terms.sym_kl, expected_kl)
+    # the fixed label is compared with the warped moving image's prediction (foreground probabilities
+    # [1-r, 1-r, r, r]), not with the fixed image's own uniform prediction (Dice loss ≈ 1/2); MONAI smoothing 1e-5
+    assert torch.allclose(terms.registration_dice, 1 - (4 * right + 1e-5) / (4 + 1e-5))
+    assert torch.allclose(terms.loss, terms.ce_labelled + terms.ce_pseudo + 0.5 * expected_kl
+                          + 2.0 * terms.registration_dice)
 
 
-def test_ema_without_ramp_keeps_the_teacher_and_its_buffers():
-    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema = EMATeacher(decay=0.9, ramp=False, buffers="keep")
-    ema.reset(student)
-    with torch.no_grad():
-        student[0].weight.fill_(1.0)
-        student[1].running_mean.fill_(5.0)
-    before = ema.teacher[0].weight.clone()
-    ema.update(student)                                  # first update already uses decay 0.9
-    assert torch.allclose(ema.teacher[0].weight, 0.9 * before + 0.1)
-    assert torch.equal(ema.teacher[1].running_mean, torch.zeros(2))   # teacher's own statistics kept
-    copying = EMATeacher(decay=0.9, ramp=False)
-    copying.reset(student)
-    student[1].running_mean.fill_(7.0)
-    copying.update(student)
-    assert torch.equal(copying.teacher[1].running_mean, torch.full((2,), 7.0))
-    with pytest.raises(ValueError):
-        EMATeacher(buffers="average")
+def test_registration_loss_known_answer_and_warmup():
+    fixed = torch.zeros(2, 1, 4, 4, 4)
+    moving = fixed + 0.5                                  # MSE 0.25
+    disp = torch.zeros(2, 3, 4, 4, 4)                     # identity: diffusion 0, labels unchanged
+    fixed_fg = torch.zeros(4, 4, 4)
+    fixed_fg[:2] = 1.0                                    # 32 voxels
+    moving_fg = torch.zeros(4, 4, 4)
+    moving_fg[1:3] = 1.0                                  # 32 voxels, 16 shared: Dice 1/2
+    onehot = lambda fg: torch.stack([1 - fg, fg])[None].repeat(2, 1, 1, 1, 1)
+    kept = torch.tensor([[True, True], [True, False]])    # second pair: no foreground class in common
+    objective = LabelSupervisedRegistrationLoss(smooth_weight=0.025, smooth_weight_warmup=0.1, warmup_steps=3,
+                                                dice_weight=0.2)
+    terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=0)
+    assert torch.allclose(terms.mse, torch.tensor(0.25)) and terms.diffusion == 0
+    assert torch.allclose(terms.dice, torch.tensor(0.5), atol=1e-4)
+    assert torch.allclose(terms.loss, 0.25 + 0.2 * terms.dice * 0.5)   # only half of the pairs usable
+    assert [objective.smooth_weight_at(step) for step in (0, 2, 3)] == [0.1, 0.1, 0.025]
+    assert objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=5).smooth_weight == 0.025
+    unlabelled = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept & False, step=0)
+    assert torch.allclose(unlabelled.loss, torch.tensor(0.25)) and unlabelled.dice == 0
 
 
 def test_batchnorm_recalibration_matches_the_data_without_dropout():
@@ -153,12 +175,17 @@ def test_batchnorm_recalibration_matches_the_data_without_dropout():
 def test_stage_schedule():
     module = make_module(seg_pretrain_epochs=2, reg_pretrain_epochs=1, rounds=2, reg_epochs_per_round=5,
                          seg_epochs_per_round=1)
-    stages = [module.stage_of_epoch(e) for e in range(module.total_epochs)]
-    assert module.total_epochs == 15
+    stages = [module.schedule.stage_at(e).name for e in range(module.schedule.total_epochs)]
+    assert module.schedule.total_epochs == 15
     assert stages[:4] == ["seg_pretrain", "seg_pretrain", "reg_pretrain", "student"]
-    assert stages[4:9] == ["reg_joint"] * 5 and stages[9] == "student"
-    assert make_module(mode="mono_seg").stage_of_epoch(7) == "seg_pretrain"
-    assert make_module(mode="mono_reg").stage_of_epoch(7) == "reg_pretrain"
+    assert stages[4:9] == ["reg_joint"] * 5 and stages[9] == "student" and stages[10:] == ["reg_joint"] * 5
+    assert module.schedule.stage_at(40).name == "reg_joint"          # after the schedule the last stage repeats
+    assert module.joint_start_epoch == 3
+    no_pretraining = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)   # stages of 0 epochs left out
+    assert [s.name for s in no_pretraining.schedule.stages] == ["student", "reg_joint"]
+    assert make_module(mode="mono_seg").schedule.stage_at(7).name == "seg_pretrain"
+    assert make_module(mode="mono_reg").schedule.stage_at(7).name == "reg_pretrain"
+    assert make_module(mode="mono_seg").joint_start_epoch is None
 
 
 @pytest.mark.parametrize("mode", ["mono_seg", "mono_reg"])
@@ -183,28 +210,42 @@ def test_labelled_subjects_follow_the_seed():
     assert ids[0] == ids[1] and len(ids[0]) == 2
 
 
-def test_joint_run_and_teacher_checkpoint_round_trip(tmp_path):
+def test_joint_run_keeps_the_teacher_out_of_the_student_weights(tmp_path):
     module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0,   # one student + one joint-reg epoch
                          final_segmenter="student")
+    assert isinstance(module, EMAStudent) and isinstance(module, TeacherUser)
     ema = EMATeacher(decay=0.99)
-    trainer = make_trainer(tmp_path, module.total_epochs, [ema])
+    trainer = make_trainer(tmp_path, module.schedule.total_epochs, [ema])
     trainer.fit(module, datamodule=TinyBlobs())
     assert ema.num_updates == 2                          # one student epoch of two batches
+    assert module.teacher() is ema.teacher
     assert {"val/seg_dice", "val/dice"} <= set(trainer.callback_metrics)
     path = tmp_path / "jrss.ckpt"
     trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = torch.load(path, weights_only=True)
     assert not any("teacher" in k for k in checkpoint["state_dict"])
     for name, value in module.segmenter.state_dict().items():   # student weights untouched by the teacher
         assert torch.equal(checkpoint["state_dict"][f"segmenter.{name}"], value)
     assert any(not torch.equal(v, module.segmenter.state_dict()[k]) for k, v in ema.teacher.state_dict().items())
-    restored = EMATeacher()
-    state = next(v for k, v in checkpoint["callbacks"].items() if "EMATeacher" in k)
-    restored.reset(NetworkSegmenter(2, spatial_dims=3))
-    restored.load_state_dict(state)
-    assert restored.num_updates == ema.num_updates
-    for name, value in ema.teacher.state_dict().items():
-        assert torch.equal(restored.teacher.state_dict()[name], value)
+
+
+def test_joint_mode_without_an_ema_teacher_fails_before_training(tmp_path):
+    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)
+    with pytest.raises(RegframeInputError, match="EMATeacher"):
+        make_trainer(tmp_path, 2).fit(module, datamodule=TinyBlobs())
+
+
+def test_networks_initialised_from_a_checkpoint(tmp_path):
+    module = make_module(mode="mono_seg")
+    trainer = make_trainer(tmp_path, 1)
+    trainer.fit(module, datamodule=TinyBlobs())
+    trainer.save_checkpoint(tmp_path / "mono_seg.ckpt")
+    initialised = make_module(segmenter_init=str(tmp_path / "mono_seg.ckpt"))
+    for name, value in module.segmenter.state_dict().items():
+        assert torch.equal(initialised.segmenter.state_dict()[name], value)
+    torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(RegframeInputError, match="no 'estimator"):
+        make_module(estimator_init=str(tmp_path / "other.ckpt"))
 
 
 def test_teacher_as_final_segmenter_with_recalibrated_statistics(tmp_path):
@@ -212,7 +253,7 @@ def test_teacher_as_final_segmenter_with_recalibrated_statistics(tmp_path):
                          final_segmenter="teacher")
     ema = EMATeacher(decay=0.99, ramp=False, buffers="keep")
     start = copy.deepcopy(module.segmenter.state_dict())
-    make_trainer(tmp_path, module.total_epochs, [ema]).fit(module, datamodule=TinyBlobs())
+    make_trainer(tmp_path, module.schedule.total_epochs, [ema]).fit(module, datamodule=TinyBlobs())
     for name, value in ema.teacher.state_dict().items():       # the segmenter is now the teacher
         assert torch.equal(module.segmenter.state_dict()[name], value)
     assert not torch.equal(ema.teacher.state_dict()["network.enc2.0.1.running_var"],
