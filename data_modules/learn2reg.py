@@ -22,7 +22,7 @@ from regframe.preprocess import Preprocessing
 class Learn2RegDataModule(RegistrationDataModule):
     """Pairs of a Learn2Reg data set, held in memory.
 
-    Training pairs are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
+    Training pairs (``pair_order``) are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
     training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
     ids such as ``"0001"`` or ``1`` to choose them). Validation and test both serve ``registration_val``.
     Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
@@ -32,7 +32,7 @@ class Learn2RegDataModule(RegistrationDataModule):
     def __init__(
         self,
         dataset_json: str,
-        pairs: str = "unordered",
+        pair_order: str = "unordered",
         train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = None,
@@ -46,15 +46,14 @@ class Learn2RegDataModule(RegistrationDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
-        enumerate_pairs(0, pairs)  # validates the mode early
+        enumerate_pairs(0, pair_order)  # validates the mode early
         if not resample_factor > 0:
             raise RegframeInputError(f"resample_factor must be > 0, got {resample_factor}")
         self.dataset_json = dataset_json
-        self.pairs = pairs
+        self.pair_order = pair_order
         self.train_subject_ids = [str(s) for s in train_subjects] if train_subjects is not None else None
         self.exclude_val_subjects = exclude_val_subjects
         self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
-        self.resample_factor = resample_factor
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
         if type(self) is Learn2RegDataModule:  # subclasses record their own signature
@@ -92,7 +91,7 @@ class Learn2RegDataModule(RegistrationDataModule):
                 "subjects; set exclude_val_subjects=False or list train_subjects")
         cache: dict[Path, dict] = {}
         self.train_subjects = [self._load_subject(e, cache) for e in entries]
-        self.train_pairs = enumerate_pairs(len(self.train_subjects), self.pairs)
+        self.train_pairs = enumerate_pairs(len(self.train_subjects), self.pair_order)
         val_entries = list({e.image: e for p in spec.registration_val for e in (p.fixed, p.moving)}.values())
         self.val_subjects = [self._load_subject(e, cache) for e in val_entries]
         position = {e.image: i for i, e in enumerate(val_entries)}

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
-from regframe.preprocess import Preprocessing
 from regframe.io import Volume, read_image, write_displacement, write_nifti
+from regframe.preprocess import Preprocessing
 from regframe.spatial import resize_field, resize_image, warp
 
 
@@ -49,9 +49,8 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
     else:
         from regframe.methods.base import RegistrationModule
 
-        model, data_hparams = load_checkpoint(args.checkpoint, RegistrationModule)
+        model, prep = load_checkpoint(args.checkpoint, RegistrationModule)
         model = model.to(args.device).eval()
-        prep = Preprocessing.from_dict(data_hparams)
         run = lambda fixed, moving: model.predict_displacement({"fixed": fixed, "moving": moving})  # noqa: E731
     overrides = {name: getattr(args, name) for name in ("clamp", "shift", "scale", "resample_factor")
                  if getattr(args, name) is not None}
@@ -60,26 +59,29 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
     return run, prep
 
 
-def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, dict]:
-    """Load a regframe method from a checkpoint written by ``regframe fit``, with the
-    datamodule's hyperparameters (for preprocessing)."""
+def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
+    """Load a regframe method from a checkpoint written by ``regframe fit`` (``weights_only=True``),
+    with the preprocessing its data module applied (``checkpoint["preprocessing"]``)."""
     from regframe.plugins import import_plugins
 
     if not Path(path).is_file():
         raise RegframeInputError(f"{path}: checkpoint not found")
     import_plugins()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise RegframeInputError(f"{path}: not a regframe/Lightning checkpoint (no state_dict/hyper_parameters)")
+    if "preprocessing" not in ckpt:
+        raise RegframeInputError(f"{path}: no 'preprocessing' record (the training data module had no "
+                                 "`preprocessing` attribute)")
     method = _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), base)
     try:
-        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})") from err
-    return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return model, Preprocessing.from_dict(ckpt["preprocessing"])
 
 
 def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
