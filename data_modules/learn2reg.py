@@ -1,21 +1,15 @@
-"""Learn2Reg data sets: any ``{Task}_dataset.json`` (training subjects, ``registration_val`` pairs,
-optional ``registration_test`` pairs, label names), with masks (``masksTr/``) and keypoints
-(``keypointsTr/*.csv``, voxel coordinates) picked up when present.
-
-``load_dataset_json`` parses the json alone (no image is read); ``Learn2RegDataModule`` loads the
-subjects once into memory and serves pairs following the regframe batch convention.
+"""Learn2Reg data sets: any ``{Task}_dataset.json`` (parsed by :mod:`regframe.learn2reg`: training
+subjects, ``registration_val`` pairs, label names, masks, keypoints), loaded once into memory and
+served as pairs following the regframe batch convention.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.errors import RegframeInputError
-from regframe.learn2reg import Learn2RegSpec, _id_key, label_ids, load_dataset_json, load_subject, subject_id
+from regframe.learn2reg import Learn2RegSpec, SubjectEntry, _id_key, load_dataset_json, load_subject
 from regframe.preprocess import Preprocessing
 
 

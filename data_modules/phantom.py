@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 from data_modules.learn2reg import Learn2RegDataModule
 from regframe.phantom import ensure_phantom_dataset
 

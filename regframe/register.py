@@ -18,14 +18,16 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
+from regframe.evaluate import displacement_name
 from regframe.io import Volume, read_image, write_displacement, write_nifti
+from regframe.learn2reg import load_dataset_json
 from regframe.preprocess import Preprocessing
-from regframe.spatial import resize_field, resize_image, warp
+from regframe.spatial import resize_field, warp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("fixed", nargs="?", help="fixed image (NIfTI)")
-    parser.add_argument("moving", nargs="?", help="moving image (NIfTI)")
+    parser.add_argument("fixed", nargs="?", help="fixed image (.nii, .nii.gz, .nrrd, .mha/.mhd)")
+    parser.add_argument("moving", nargs="?", help="moving image, on the fixed image's grid")
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
     parser.add_argument("--method", help="training-free method name (see --list-methods)")
@@ -136,9 +138,6 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         if args.fixed or args.moving:
             raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
-        from regframe.learn2reg import load_dataset_json
-        from regframe.evaluate import displacement_name
-
         spec = load_dataset_json(args.dataset)
         pairs = [(p.fixed.image, p.moving.image, displacement_name(p)) for p in spec.registration_val]
         warped_names: list[str | None] = [None] * len(pairs)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_modules.learn2reg import Learn2RegDataModule, load_dataset_json
+from data_modules.learn2reg import Learn2RegDataModule
 from data_modules.paired import PairedDataModule
+from regframe.learn2reg import load_dataset_json
 
 pytestmark = pytest.mark.real_data
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.learn2reg import Learn2RegDataModule, load_dataset_json, subject_id
+from data_modules.learn2reg import Learn2RegDataModule
+from regframe.learn2reg import load_dataset_json, subject_id
 from regframe.errors import RegframeInputError
 from regframe.io import write_nifti
 
