@@ -3,6 +3,8 @@
     root/fixed_images/{case}.nii.gz   root/fixed_labels/{case}.nii.gz    (e.g. TRUS)
     root/moving_images/{case}.nii.gz  root/moving_labels/{case}.nii.gz   (e.g. MR)
 
+(any format :mod:`regframe.io` reads: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``).
+
 Labels may be 4-D channel-last binary maps; ``label_channel`` picks one (0 = prostate gland), which
 becomes label 1. Pairs are either the two images of one case (``"fixed-moving"``: moving -> fixed)
 or two cases of one side (``"fixed-fixed"``, ``"moving-moving"``: inter-patient). Cases are split
@@ -22,19 +24,19 @@ from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.learn2reg import label_ids
 from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 from regframe.errors import RegframeInputError
-from regframe.io import check_same_grid, read_image, read_label
+from regframe.io import FORMATS, check_same_grid, image_stem, read_image, read_label
 
 PAIR_KINDS = ("fixed-moving", "fixed-fixed", "moving-moving")
 RESIZE_MODES = ("pad_crop", "resample")
 
 
 def _cases(folder: Path) -> dict[str, Path]:
-    """Case name -> file for every ``*.nii`` / ``*.nii.gz`` in ``folder``."""
+    """Case name -> file for every image file (NIfTI, NRRD, MetaImage) in ``folder``."""
     if not folder.is_dir():
         raise RegframeInputError(f"{folder}: folder not found")
-    files = {p.name.split(".nii")[0]: p for p in sorted(folder.iterdir()) if ".nii" in p.name}
+    files = {image_stem(p): p for p in sorted(folder.iterdir()) if image_stem(p) is not None}
     if not files:
-        raise RegframeInputError(f"{folder}: no .nii/.nii.gz files")
+        raise RegframeInputError(f"{folder}: no image files ({', '.join(FORMATS)})")
     return files
 
 

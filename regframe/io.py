@@ -44,13 +44,20 @@ class Volume:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :dims], axis=0))
 
 
+def image_stem(path: Path) -> str | None:
+    """File name without its image suffix (``case1.nii.gz`` -> ``case1``); ``None`` for other files."""
+    for suffix in FORMATS:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
 def _format(path: Path) -> str:
     """Format name of ``path`` from its suffix; other suffixes are an input error."""
-    name = path.name.lower()
-    for suffix, format_name in FORMATS.items():
-        if name.endswith(suffix):
-            return format_name
-    raise RegframeInputError(f"{path}: unsupported file type; expected one of {', '.join(FORMATS)}")
+    stem = image_stem(path)
+    if stem is None:
+        raise RegframeInputError(f"{path}: unsupported file type; expected one of {', '.join(FORMATS)}")
+    return FORMATS[path.name[len(stem):].lower()]
 
 
 def _nifti_array(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -112,3 +112,23 @@ def test_errors_name_the_file(layout: Path, tmp_path: Path):
         PairedDataModule(str(layout), split=(2, 0, 0)).setup()
     with pytest.raises(RegframeInputError, match="pair_kind"):
         PairedDataModule(str(layout), pair_kind="mr-us")
+
+
+def test_metaimage_and_nrrd_folders_give_the_same_subjects(layout: Path, tmp_path: Path):
+    import SimpleITK as sitk
+
+    converted = tmp_path / "converted"
+    for folder in layout.iterdir():
+        for k, path in enumerate(sorted(folder.iterdir())):
+            image = sitk.ReadImage(str(path))  # diagonal affine: the same world geometry in ITK
+            suffix = ".mha" if k % 2 else ".nrrd"
+            (converted / folder.name).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(converted / folder.name / path.name.replace(".nii.gz", suffix)))
+    nifti = PairedDataModule(str(layout), pair_kind="fixed-moving", split=(4, 1, 1))
+    other = PairedDataModule(str(converted), pair_kind="fixed-moving", split=(4, 1, 1))
+    nifti.setup()
+    other.setup()
+    assert [s["id"] for s in other.train_subjects] == [s["id"] for s in nifti.train_subjects]
+    for a, b in zip(nifti.train_subjects + nifti.val_subjects, other.train_subjects + other.val_subjects):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        np.testing.assert_allclose(a["affine"], b["affine"], atol=1e-9)
