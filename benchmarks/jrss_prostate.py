@@ -224,7 +224,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
     if not args.table_only:
-        datamodule = PairedDataModule(root=str(DATA / "prostate_mr_us"), pairs="moving-moving", pair_order="ordered",
+        datamodule = PairedDataModule(root=str(DATA / "prostate_mr_us"), pair_kind="moving-moving", pair_order="ordered",
                                       target_shape=(args.crop,) * 3, resample_factor=args.factor, label_channel=0,
                                       batch_size=2, seed=0, split=tuple(args.split))
         datamodule.setup("fit")

@@ -1,20 +1,17 @@
-"""Data modules: Learn2Reg json data sets, paired fixed/moving folders, and the built-in phantom."""
+"""Data modules: Learn2Reg json data sets, paired fixed/moving folders, the built-in phantom and 2D
+slices of any of them (the json reader and phantom generator live in :mod:`regframe`)."""
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from data_modules.learn2reg import Learn2RegDataModule
-from regframe.learn2reg import Learn2RegSpec, load_dataset_json, subject_id
 from data_modules.paired import PairedDataModule
 from data_modules.phantom import PhantomDataModule
-from regframe.phantom import write_phantom_dataset
+from data_modules.slices import SliceDataModule
 
 __all__ = [
     "Learn2RegDataModule",
-    "Learn2RegSpec",
     "PairedDataModule",
     "PhantomDataModule",
     "RegistrationDataModule",
+    "SliceDataModule",
     "enumerate_pairs",
-    "load_dataset_json",
-    "subject_id",
-    "write_phantom_dataset",
 ]

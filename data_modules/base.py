@@ -3,7 +3,8 @@ sampling and its checkpointed state.
 
 Subclasses fill, in ``setup``: ``train_subjects``, ``train_pairs`` (``(fixed, moving)`` indices into
 ``train_subjects``), ``val_subjects``/``val_pairs`` and ``test_subjects``/``test_pairs`` (same
-form), and ``label_names``. Batches follow the regframe batch convention (``fixed``, ``moving``,
+form), and ``label_names``; in ``__init__`` they set ``preprocessing``, what the images go through
+(checkpoints store it for ``regframe register``). Batches follow the regframe batch convention (``fixed``, ``moving``,
 ``fixed_label``, ``moving_label``, ``fixed_mask``, ``moving_mask``, ``fixed_points``,
 ``moving_points``, ``spacing``, ``pair_id``, ``pair_index``).
 """
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
 
 from regframe.errors import RegframeInputError
+from regframe.preprocess import Preprocessing
 
 PAIR_MODES = ("unordered", "ordered")
 
@@ -30,7 +32,7 @@ def enumerate_pairs(count: int, mode: str) -> list[tuple[int, int]]:
         return list(combinations(range(count), 2))
     if mode == "ordered":
         return list(permutations(range(count), 2))
-    raise RegframeInputError(f"pairs: unknown mode {mode!r}, expected one of {PAIR_MODES}")
+    raise RegframeInputError(f"pair_order: unknown mode {mode!r}, expected one of {PAIR_MODES}")
 
 
 def pair_item(fixed: dict, moving: dict, index: int) -> dict:
@@ -88,6 +90,7 @@ class RegistrationDataModule(pl.LightningDataModule):
         self.val_max_pairs = val_max_pairs
         self.seed = seed
         self.label_names: dict[int, str] = {}
+        self.preprocessing = Preprocessing()
         self.train_subjects: list[dict] = []
         self.train_pairs: list[tuple[int, int]] = []
         self.val_subjects: list[dict] = []

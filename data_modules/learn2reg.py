@@ -1,28 +1,22 @@
-"""Learn2Reg data sets: any ``{Task}_dataset.json`` (training subjects, ``registration_val`` pairs,
-optional ``registration_test`` pairs, label names), with masks (``masksTr/``) and keypoints
-(``keypointsTr/*.csv``, voxel coordinates) picked up when present.
-
-``load_dataset_json`` parses the json alone (no image is read); ``Learn2RegDataModule`` loads the
-subjects once into memory and serves pairs following the regframe batch convention.
+"""Learn2Reg data sets: any ``{Task}_dataset.json`` (parsed by :mod:`regframe.learn2reg`: training
+subjects, ``registration_val`` pairs, label names, masks, keypoints), loaded once into memory and
+served as pairs following the regframe batch convention.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.errors import RegframeInputError
-from regframe.learn2reg import Learn2RegSpec, _id_key, label_ids, load_dataset_json, load_subject, subject_id
+from regframe.learn2reg import Learn2RegSpec, SubjectEntry, _id_key, load_dataset_json, load_subject
 from regframe.preprocess import Preprocessing
 
 
 class Learn2RegDataModule(RegistrationDataModule):
     """Pairs of a Learn2Reg data set, held in memory.
 
-    Training pairs are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
+    Training pairs (``pair_order``) are all ``"unordered"`` (``(i, j)``, ``i < j``) or ``"ordered"`` pairs of the
     training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
     ids such as ``"0001"`` or ``1`` to choose them). Validation and test both serve ``registration_val``.
     Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
@@ -32,7 +26,7 @@ class Learn2RegDataModule(RegistrationDataModule):
     def __init__(
         self,
         dataset_json: str,
-        pairs: str = "unordered",
+        pair_order: str = "unordered",
         train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = None,
@@ -46,15 +40,14 @@ class Learn2RegDataModule(RegistrationDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
-        enumerate_pairs(0, pairs)  # validates the mode early
+        enumerate_pairs(0, pair_order)  # validates the mode early
         if not resample_factor > 0:
             raise RegframeInputError(f"resample_factor must be > 0, got {resample_factor}")
         self.dataset_json = dataset_json
-        self.pairs = pairs
+        self.pair_order = pair_order
         self.train_subject_ids = [str(s) for s in train_subjects] if train_subjects is not None else None
         self.exclude_val_subjects = exclude_val_subjects
         self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
-        self.resample_factor = resample_factor
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
         if type(self) is Learn2RegDataModule:  # subclasses record their own signature
@@ -92,7 +85,7 @@ class Learn2RegDataModule(RegistrationDataModule):
                 "subjects; set exclude_val_subjects=False or list train_subjects")
         cache: dict[Path, dict] = {}
         self.train_subjects = [self._load_subject(e, cache) for e in entries]
-        self.train_pairs = enumerate_pairs(len(self.train_subjects), self.pairs)
+        self.train_pairs = enumerate_pairs(len(self.train_subjects), self.pair_order)
         val_entries = list({e.image: e for p in spec.registration_val for e in (p.fixed, p.moving)}.values())
         self.val_subjects = [self._load_subject(e, cache) for e in val_entries]
         position = {e.image: i for i, e in enumerate(val_entries)}

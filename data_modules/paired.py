@@ -3,6 +3,8 @@
     root/fixed_images/{case}.nii.gz   root/fixed_labels/{case}.nii.gz    (e.g. TRUS)
     root/moving_images/{case}.nii.gz  root/moving_labels/{case}.nii.gz   (e.g. MR)
 
+(any format :mod:`regframe.io` reads: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``).
+
 Labels may be 4-D channel-last binary maps; ``label_channel`` picks one (0 = prostate gland), which
 becomes label 1. Pairs are either the two images of one case (``"fixed-moving"``: moving -> fixed)
 or two cases of one side (``"fixed-fixed"``, ``"moving-moving"``: inter-patient). Cases are split
@@ -22,19 +24,19 @@ from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.learn2reg import label_ids
 from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 from regframe.errors import RegframeInputError
-from regframe.io import check_same_grid, read_image, read_label
+from regframe.io import FORMATS, check_same_grid, image_stem, read_image, read_label
 
 PAIR_KINDS = ("fixed-moving", "fixed-fixed", "moving-moving")
 RESIZE_MODES = ("pad_crop", "resample")
 
 
 def _cases(folder: Path) -> dict[str, Path]:
-    """Case name -> file for every ``*.nii`` / ``*.nii.gz`` in ``folder``."""
+    """Case name -> file for every image file (NIfTI, NRRD, MetaImage) in ``folder``."""
     if not folder.is_dir():
         raise RegframeInputError(f"{folder}: folder not found")
-    files = {p.name.split(".nii")[0]: p for p in sorted(folder.iterdir()) if ".nii" in p.name}
+    files = {image_stem(p): p for p in sorted(folder.iterdir()) if image_stem(p) is not None}
     if not files:
-        raise RegframeInputError(f"{folder}: no .nii/.nii.gz files")
+        raise RegframeInputError(f"{folder}: no image files ({', '.join(FORMATS)})")
     return files
 
 
@@ -62,7 +64,7 @@ def split_cases(cases: Sequence[str], split: Sequence[float], seed: int) -> dict
 class PairedDataModule(RegistrationDataModule):
     """Pairs from fixed/moving folders with a seeded case split and a common grid.
 
-    ``pairs``: ``"fixed-moving"`` (moving and fixed image of the same case), ``"fixed-fixed"`` or
+    ``pair_kind``: ``"fixed-moving"`` (moving and fixed image of the same case), ``"fixed-fixed"`` or
     ``"moving-moving"`` (inter-patient; ``pair_order`` ``"unordered"``/``"ordered"``, validation and
     test use all unordered pairs of their cases). ``target_shape`` defaults to the fixed image shape
     (``"fixed-moving"``) or the common native shape (inter-patient). Intensities become
@@ -73,7 +75,7 @@ class PairedDataModule(RegistrationDataModule):
     def __init__(
         self,
         root: str,
-        pairs: str = "fixed-moving",
+        pair_kind: str = "fixed-moving",
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         pair_order: str = "unordered",
         target_shape: tuple[int, ...] | None = None,
@@ -90,15 +92,15 @@ class PairedDataModule(RegistrationDataModule):
         seed: int = 0,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
-        if pairs not in PAIR_KINDS:
-            raise RegframeInputError(f"pairs: unknown kind {pairs!r}, expected one of {PAIR_KINDS}")
+        if pair_kind not in PAIR_KINDS:
+            raise RegframeInputError(f"pair_kind: unknown kind {pair_kind!r}, expected one of {PAIR_KINDS}")
         if resize not in RESIZE_MODES:
             raise RegframeInputError(f"resize: unknown mode {resize!r}, expected one of {RESIZE_MODES}")
         if not resample_factor > 0:
             raise RegframeInputError(f"resample_factor must be > 0, got {resample_factor}")
         enumerate_pairs(0, pair_order)  # validates the mode early
         self.root = Path(root)
-        self.pair_kind = pairs
+        self.pair_kind = pair_kind
         self.split = tuple(split)
         self.pair_order = pair_order
         self.target_shape = tuple(int(s) for s in target_shape) if target_shape is not None else None
@@ -106,7 +108,6 @@ class PairedDataModule(RegistrationDataModule):
         self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
         self.label_channel = label_channel
         self.label_name = label_name
-        self.resample_factor = resample_factor
         self.splits: dict[str, list[str]] = {}
         self.save_hyperparameters()
 

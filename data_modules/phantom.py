@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 from data_modules.learn2reg import Learn2RegDataModule
 from regframe.phantom import ensure_phantom_dataset
 
@@ -22,7 +19,7 @@ class PhantomDataModule(Learn2RegDataModule):
         spacing: float = 6.0,
         seed: int = 0,
         val_subjects: int = 3,
-        pairs: str = "unordered",
+        pair_order: str = "unordered",
         train_subjects: list[str | int] | None = None,
         exclude_val_subjects: bool = True,
         clamp: tuple[float, float] | None = (-200.0, 300.0),
@@ -34,7 +31,7 @@ class PhantomDataModule(Learn2RegDataModule):
         val_max_pairs: int | None = None,
     ):
         super().__init__(
-            dataset_json="", pairs=pairs, train_subjects=train_subjects, exclude_val_subjects=exclude_val_subjects,
+            dataset_json="", pair_order=pair_order, train_subjects=train_subjects, exclude_val_subjects=exclude_val_subjects,
             clamp=clamp, shift=shift, scale=scale, resample_factor=resample_factor, batch_size=batch_size,
             num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         self.phantom_args = dict(root=root, subjects=subjects, shape=tuple(shape), spacing=spacing, seed=seed,

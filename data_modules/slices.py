@@ -45,6 +45,7 @@ class SliceDataModule(RegistrationDataModule):
         if not positions or any(not 0.0 <= p <= 1.0 for p in positions):
             raise RegframeInputError(f"positions must be a non-empty list of numbers in [0, 1], got {positions!r}")
         self.volumes = volumes
+        self.preprocessing = volumes.preprocessing
         self.axis = axis
         self.positions = tuple(float(p) for p in positions)
 

@@ -5,7 +5,7 @@ warped with ``DIR/disp_{fixed}_{moving}.nii.gz`` (nearest neighbour; channel-las
 Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics`. The result
 (per-case metrics, label names, aggregates) is written as JSON and shown as a table.
 
-The dataset file is parsed by :func:`data_modules.learn2reg.load_dataset_json`, the same parser
+The dataset file is parsed by :func:`regframe.learn2reg.load_dataset_json`, the same parser
 the data modules and ``regframe register --dataset`` use.
 """
 
@@ -23,10 +23,12 @@ import torch
 
 from regframe.errors import RegframeInputError
 from regframe.io import check_same_grid, read_displacement, read_label
+from regframe.learn2reg import PairEntry, load_dataset_json
 from regframe.metrics import aggregate, pair_metrics
 from regframe.spatial import warp_labels
 
-def displacement_name(pair) -> str:
+
+def displacement_name(pair: PairEntry) -> str:
     """Learn2Reg submission file name of a ``PairEntry``, e.g. ``disp_0021_0022.nii.gz``."""
     return f"disp_{pair.pair_id}.nii.gz"
 
@@ -48,8 +50,6 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     Units: Dice in [0, 1], HD95 in mm (``hd95_vox`` in voxels, as Learn2Reg reports it), fold in %.
     NaN is written as ``null``.
     """
-    from regframe.learn2reg import load_dataset_json
-
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)
     spec = load_dataset_json(dataset_json)

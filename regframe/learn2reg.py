@@ -186,7 +186,7 @@ def label_ids(label: np.ndarray) -> list[int]:
 
 
 def load_subject(entry: SubjectEntry, label_names: dict[int, str], label_channel: int | None = None) -> dict:
-    """Read one subject's files into a subject dict (see ``data_modules.preprocess``), checking that
+    """Read one subject's files into a subject dict (see :mod:`regframe.preprocess`), checking that
     label and mask share the image grid and that label ids are known."""
     image = read_image(entry.image)
     subject = {

@@ -1,5 +1,6 @@
-"""Per-subject preprocessing shared by the data modules: intensity mapping, resampling by a factor,
-centred pad/crop to a target shape.
+"""Per-subject preprocessing shared by the data modules: intensity mapping, resampling by a factor
+(torch ``interpolate``, as ``regframe register`` resamples), centred pad/crop to a target shape
+(torchio).
 
 A *subject* is a dict ``{"id": str, "image": (1,*S) float, "label": (1,*S) long | None,
 "spacing": (D,) float mm, "affine": (4, 4) float64 numpy}`` with optional ``"mask"`` ((1,*S) long)
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchio as tio
 
 from regframe.spatial import resize_image
 
@@ -108,36 +110,31 @@ def resample_by_factor(subject: dict, factor: float) -> dict:
     return resize_subject(subject, shape)
 
 
-def _pad_crop_slices(old: int, new: int) -> tuple[slice, slice]:
-    """(source, destination) slices that centre ``old`` voxels in ``new`` voxels along one axis."""
-    if new >= old:
-        start = (new - old) // 2
-        return slice(0, old), slice(start, start + old)
-    start = (old - new) // 2
-    return slice(start, start + new), slice(0, new)
+def _centred_margins(old: int, new: int) -> tuple[int, int]:
+    """Voxels to remove (or add) at the start and the end of one axis to centre ``new`` in ``old``
+    (or ``old`` in ``new``); an odd difference leaves the extra voxel at the end."""
+    difference = abs(old - new)
+    return difference // 2, difference - difference // 2
 
 
-def pad_crop_subject(subject: dict, shape: Sequence[int], pad_value: float = 0.0) -> dict:
-    """Centred pad (image with ``pad_value``, labels with 0) or crop to ``shape``; spacing unchanged,
-    affine origin and points shifted so world coordinates are preserved."""
+def pad_crop_subject(subject: dict, shape: Sequence[int]) -> dict:
+    """Centred zero pad or crop of a 3-D subject to ``shape`` through torchio's ``Pad`` and ``Crop``,
+    which move the affine origin; spacing unchanged, points shifted so world coordinates are kept."""
     old = tuple(subject["image"].shape[1:])
     shape = tuple(int(s) for s in shape)
     if shape == old:
         return subject
-    slices = [_pad_crop_slices(o, n) for o, n in zip(old, shape)]
-    src = (slice(None), *(s for s, _ in slices))
-    dst = (slice(None), *(d for _, d in slices))
+    pad = [_centred_margins(o, n) if n > o else (0, 0) for o, n in zip(old, shape)]
+    crop = [_centred_margins(o, n) if o > n else (0, 0) for o, n in zip(old, shape)]
+    keys = [key for key in ("image", "label", "mask") if subject.get(key) is not None]
+    images = tio.Subject({key: (tio.ScalarImage if key == "image" else tio.LabelMap)(
+        tensor=subject[key], affine=subject["affine"]) for key in keys})
+    images = tio.Crop(tuple(m for axis in crop for m in axis))(tio.Pad(tuple(m for axis in pad for m in axis))(images))
     out = dict(subject)
-    for key, fill in (("image", pad_value), ("label", 0), ("mask", 0)):
-        if subject.get(key) is not None:
-            new = subject[key].new_full((subject[key].shape[0], *shape), fill)
-            new[dst] = subject[key][src]
-            out[key] = new
-    # new voxel i sits at old voxel i + offset
-    offset = np.array([s.start - d.start for s, d in slices], dtype=np.float64)
-    shift = np.eye(4)
-    shift[: len(offset), 3] = offset
-    out["affine"] = subject["affine"] @ shift
-    if subject.get("points") is not None:
-        out["points"] = subject["points"] - torch.as_tensor(offset, dtype=subject["points"].dtype)
+    for key in keys:
+        out[key] = images[key].data
+    out["affine"] = np.asarray(images["image"].affine, dtype=np.float64)
+    if subject.get("points") is not None:  # new voxel i sits at old voxel i + start of crop - start of pad
+        offset = torch.tensor([c[0] - p[0] for c, p in zip(crop, pad)], dtype=subject["points"].dtype)
+        out["points"] = subject["points"] - offset
     return out

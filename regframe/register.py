@@ -18,14 +18,16 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
-from regframe.preprocess import Preprocessing
+from regframe.evaluate import displacement_name
 from regframe.io import Volume, read_image, write_displacement, write_nifti
-from regframe.spatial import resize_field, resize_image, warp
+from regframe.learn2reg import load_dataset_json
+from regframe.preprocess import Preprocessing
+from regframe.spatial import resize_field, warp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("fixed", nargs="?", help="fixed image (NIfTI)")
-    parser.add_argument("moving", nargs="?", help="moving image (NIfTI)")
+    parser.add_argument("fixed", nargs="?", help="fixed image (.nii, .nii.gz, .nrrd, .mha/.mhd)")
+    parser.add_argument("moving", nargs="?", help="moving image, on the fixed image's grid")
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
     parser.add_argument("--method", help="training-free method name (see --list-methods)")
@@ -49,9 +51,8 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
     else:
         from regframe.methods.base import RegistrationModule
 
-        model, data_hparams = load_checkpoint(args.checkpoint, RegistrationModule)
+        model, prep = load_checkpoint(args.checkpoint, RegistrationModule)
         model = model.to(args.device).eval()
-        prep = Preprocessing.from_dict(data_hparams)
         run = lambda fixed, moving: model.predict_displacement({"fixed": fixed, "moving": moving})  # noqa: E731
     overrides = {name: getattr(args, name) for name in ("clamp", "shift", "scale", "resample_factor")
                  if getattr(args, name) is not None}
@@ -60,26 +61,29 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
     return run, prep
 
 
-def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, dict]:
-    """Load a regframe method from a checkpoint written by ``regframe fit``, with the
-    datamodule's hyperparameters (for preprocessing)."""
+def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
+    """Load a regframe method from a checkpoint written by ``regframe fit`` (``weights_only=True``),
+    with the preprocessing its data module applied (``checkpoint["preprocessing"]``)."""
     from regframe.plugins import import_plugins
 
     if not Path(path).is_file():
         raise RegframeInputError(f"{path}: checkpoint not found")
     import_plugins()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise RegframeInputError(f"{path}: not a regframe/Lightning checkpoint (no state_dict/hyper_parameters)")
+    if "preprocessing" not in ckpt:
+        raise RegframeInputError(f"{path}: no 'preprocessing' record (the training data module had no "
+                                 "`preprocessing` attribute)")
     method = _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), base)
     try:
-        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})") from err
-    return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return model, Preprocessing.from_dict(ckpt["preprocessing"])
 
 
 def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
@@ -134,9 +138,6 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         if args.fixed or args.moving:
             raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
-        from regframe.learn2reg import load_dataset_json
-        from regframe.evaluate import displacement_name
-
         spec = load_dataset_json(args.dataset)
         pairs = [(p.fixed.image, p.moving.image, displacement_name(p)) for p in spec.registration_val]
         warped_names: list[str | None] = [None] * len(pairs)

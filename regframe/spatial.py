@@ -9,19 +9,13 @@ convention).
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import warnings
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Warp
 from torch import Tensor
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
-with warnings.catch_warnings():  # MONAI announces that it falls back to torch's grid_sample
-    warnings.simplefilter("ignore", UserWarning)
-    _WARP_LINEAR = Warp(mode="bilinear", padding_mode="border")
-    _WARP_NEAREST = Warp(mode="nearest", padding_mode="border")
 
 
 def spatial_dims(x: Tensor) -> int:
@@ -36,6 +30,12 @@ def identity_grid(shape: Sequence[int], device: torch.device | None = None,
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+@lru_cache(maxsize=32)
+def _cached_identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``identity_grid`` kept per (shape, device, dtype); never modified in place by its users."""
+    return identity_grid(shape, device=device, dtype=dtype)
+
+
 def _check_field(image: Tensor, disp: Tensor) -> None:
     dims = spatial_dims(disp)
     if disp.shape[1] != dims:
@@ -47,15 +47,26 @@ def _check_field(image: Tensor, disp: Tensor) -> None:
 def warp(image: Tensor, disp: Tensor, mode: str = "bilinear") -> Tensor:
     """Warp ``image (B, C, *S)`` with ``disp (B, D, *S)`` (voxels): ``out(x) = image(x + disp(x))``.
 
-    ``mode`` is ``"bilinear"`` (linear in any dimension) or ``"nearest"``; values outside the
-    image repeat the border. Uses MONAI's ``Warp``.
+    ``mode`` is ``"bilinear"`` (bi/trilinear) or ``"nearest"``; values outside the image repeat
+    the border. 2D and 3D. The numerics of MONAI's ``Warp`` (voxel grid normalised with
+    ``align_corners=True``, ``grid_sample`` with border padding), with the identity grid cached
+    per shape, device and dtype (MONAI caches it by shape alone, so a field on a second device or
+    dtype met the first one's grid).
     """
     _check_field(image, disp)
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    warper = _WARP_LINEAR if mode == "bilinear" else _WARP_NEAREST
-    out = warper(image.to(disp.dtype) if not image.is_floating_point() else image, disp)
-    return out.to(image.dtype) if not image.is_floating_point() else out
+    dims = spatial_dims(disp)
+    if dims not in (2, 3):
+        raise ValueError(f"warp supports 2-D and 3-D data, got {dims}-D")
+    shape = tuple(disp.shape[2:])
+    grid = _cached_identity_grid(shape, disp.device, disp.dtype) + disp  # (B, D, *S) voxel positions
+    sizes = torch.tensor([max(n - 1, 1) for n in shape], dtype=disp.dtype, device=disp.device)
+    grid = grid.movedim(1, -1) * 2 / sizes - 1  # [-1, 1] per axis; a singleton axis maps to -1
+    floating = image.is_floating_point()
+    out = F.grid_sample(image if floating else image.to(disp.dtype), grid.flip(-1),  # grid_sample wants (x, y[, z])
+                        mode=mode, padding_mode="border", align_corners=True)
+    return out if floating else out.to(image.dtype)
 
 
 def warp_labels(labels: Tensor, disp: Tensor, method: str = "nearest", num_classes: int | None = None) -> Tensor:

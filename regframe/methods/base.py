@@ -101,6 +101,16 @@ class RegistrationModule(pl.LightningModule):
             self.log_dict(finite, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
         return results[0] if results else {}
 
+    # ----------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the data module's ``preprocessing`` (``checkpoint["preprocessing"]``, a plain
+        dict) so ``regframe register --checkpoint`` prepares images as in training. Subclasses
+        that override this hook call ``super().on_save_checkpoint(checkpoint)``."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        preprocessing = getattr(datamodule, "preprocessing", None)
+        if preprocessing is not None:
+            checkpoint["preprocessing"] = preprocessing.to_dict()
+
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.estimator.parameters())

@@ -228,6 +228,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["cst"] = {
             "root": str(self.store.root) if self.store is not None else None,
             "stage": self.store.served_stage if self.store is not None else None,

@@ -333,6 +333,7 @@ class JointSegRegSelfTraining(RegistrationModule):
         return super().test_step(batch, batch_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["jrss"] = {"reg_steps": self.reg_steps,
                               "labelled": None if self._labelled is None else self._labelled.clone()}
 

@@ -1,5 +1,6 @@
-"""A checkpoint written by ``regframe fit`` holds the model's YAML, loads with
-``weights_only=True`` and drives ``regframe register --checkpoint`` with the training preprocessing."""
+"""A checkpoint written by ``regframe fit`` holds the model's YAML and the data module's
+preprocessing, loads with ``weights_only=True`` and drives ``regframe register --checkpoint`` with
+the training preprocessing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import torch
 import yaml
 
 from regframe.cli import main
+from regframe.errors import RegframeInputError
 from regframe.io import read_displacement
+from regframe.methods.base import RegistrationModule
+from regframe.preprocess import Preprocessing
+from regframe.register import load_checkpoint
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -21,7 +26,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     tiny = tmp / "tiny.yaml"
     tiny.write_text(yaml.safe_dump({
         "data": {"class_path": "data_modules.phantom.PhantomDataModule",
-                 "init_args": {"root": str(tmp / "phantom"), "subjects": 4, "val_subjects": 2, "pairs": "unordered",
+                 "init_args": {"root": str(tmp / "phantom"), "subjects": 4, "val_subjects": 2, "pair_order": "unordered",
                                "shape": [16, 16, 16], "clamp": [-200.0, 300.0], "scale": 0.002}},
         "trainer": {"logger": False, "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
                     "check_val_every_n_epoch": 1,
@@ -39,7 +44,7 @@ def test_checkpoint_holds_plain_config_and_loads_weights_only(trained_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     estimator = ckpt["hyper_parameters"]["estimator"]
     assert estimator["class_path"].endswith("UNetRegressor")
-    assert ckpt["datamodule_hyper_parameters"]["scale"] == pytest.approx(0.002)
+    assert ckpt["preprocessing"] == {"clamp": [-200.0, 300.0], "shift": 0.0, "scale": 0.002, "resample_factor": 1.0}
     from regframe.methods.adaptive_scoring import AdaptiveCorrespondenceScoring
 
     model = AdaptiveCorrespondenceScoring.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -55,3 +60,20 @@ def test_register_with_checkpoint(trained_checkpoint, tmp_path, capsys):
     disp = read_displacement(out / "disp.nii.gz", (16, 16, 16))
     assert torch.isfinite(disp).all() and (out / "warped.nii.gz").is_file()
     assert "s/pair" in capsys.readouterr().out
+
+
+def test_load_checkpoint_returns_training_preprocessing(trained_checkpoint):
+    path, _ = trained_checkpoint
+    model, prep = load_checkpoint(path, RegistrationModule)
+    assert prep == Preprocessing((-200.0, 300.0), 0.0, 0.002, 1.0)
+    assert prep.image(torch.tensor([[[-1000.0, 0.0, 1000.0]]])).flatten().tolist() == pytest.approx([-0.4, 0.0, 0.6])
+
+
+def test_checkpoint_without_preprocessing_is_an_input_error(trained_checkpoint, tmp_path):
+    path, _ = trained_checkpoint
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    del ckpt["preprocessing"]
+    stripped = tmp_path / "stripped.ckpt"
+    torch.save(ckpt, stripped)
+    with pytest.raises(RegframeInputError, match="stripped.ckpt: no 'preprocessing' record"):
+        load_checkpoint(stripped, RegistrationModule)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_modules.learn2reg import Learn2RegDataModule, load_dataset_json
+from data_modules.learn2reg import Learn2RegDataModule
 from data_modules.paired import PairedDataModule
+from regframe.learn2reg import load_dataset_json
 
 pytestmark = pytest.mark.real_data
 
@@ -63,7 +64,7 @@ def test_abdomen_default_training_subjects_exclude_validation():
 
 def test_prostate_fixed_moving_and_inter_patient():
     _need(PROSTATE)
-    dm = PairedDataModule(str(PROSTATE), pairs="fixed-moving", split=(3, 2, 1))
+    dm = PairedDataModule(str(PROSTATE), pair_kind="fixed-moving", split=(3, 2, 1))
     dm.setup()
     assert len(dm.train_pairs) == 3 and len(dm.val_pairs) == 2 and len(dm.test_pairs) == 1
     val = list(dm.val_dataloader())
@@ -72,7 +73,7 @@ def test_prostate_fixed_moving_and_inter_patient():
     assert set(val[0]["fixed_label"].unique().tolist()) == {0, 1}
     assert sum(_mean_dice(b["fixed_label"], b["moving_label"]) for b in val) / 2 > 0.2  # centred MR on US overlaps
 
-    dm = PairedDataModule(str(PROSTATE), pairs="fixed-fixed", split=(3, 2, 0))
+    dm = PairedDataModule(str(PROSTATE), pair_kind="fixed-fixed", split=(3, 2, 0))
     dm.setup()
     assert len(dm.train_pairs) == 3 and len(dm.val_pairs) == 1
     assert dm.train_subjects[0]["image"].shape == (1, 47, 63, 44) and dm.train_subjects[0]["label"] is not None

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.learn2reg import Learn2RegDataModule, load_dataset_json, subject_id
+from data_modules.learn2reg import Learn2RegDataModule
+from regframe.learn2reg import load_dataset_json, subject_id
 from regframe.errors import RegframeInputError
 from regframe.io import write_nifti
 
@@ -72,7 +73,7 @@ def test_spec_parses_paths_labels_and_pairs(dataset: Path):
 
 @pytest.mark.parametrize(("mode", "count"), [("unordered", 3), ("ordered", 6)])
 def test_training_pairs_exclude_val_subjects(dataset: Path, mode: str, count: int):
-    dm = Learn2RegDataModule(str(dataset), pairs=mode)
+    dm = Learn2RegDataModule(str(dataset), pair_order=mode)
     dm.setup("fit")
     assert [s["id"] for s in dm.train_subjects] == ["0001", "0002", "0003"]
     assert len(dm.train_pairs) == count == len(set(dm.train_pairs))
@@ -124,7 +125,7 @@ def test_subjects_loaded_once_and_shared(dataset: Path):
 
 
 def test_sampler_weights_drive_sampling(dataset: Path):
-    dm = Learn2RegDataModule(str(dataset), pairs="ordered")
+    dm = Learn2RegDataModule(str(dataset), pair_order="ordered")
     dm.setup("fit")
     dm.sampler_weights = torch.zeros(len(dm.train_pairs))
     dm.sampler_weights[4] = 1.0
@@ -249,8 +250,8 @@ def test_subjects_on_different_grids(dataset: Path):
 
 
 def test_bad_pairs_mode(dataset: Path):
-    with pytest.raises(RegframeInputError, match="pairs"):
-        Learn2RegDataModule(str(dataset), pairs="all")
+    with pytest.raises(RegframeInputError, match="pair_order"):
+        Learn2RegDataModule(str(dataset), pair_order="all")
 
 
 def test_reloaded_train_loader_draws_a_new_order_each_epoch(tmp_path):

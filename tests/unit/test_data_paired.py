@@ -52,7 +52,7 @@ def test_split_counts_fractions_and_seed():
 
 
 def test_fixed_moving_pairs_share_the_fixed_grid(layout: Path):
-    dm = PairedDataModule(str(layout), pairs="fixed-moving", split=(4, 1, 1))
+    dm = PairedDataModule(str(layout), pair_kind="fixed-moving", split=(4, 1, 1))
     dm.setup()
     assert len(dm.train_subjects) == 8 and dm.train_pairs == [(0, 1), (2, 3), (4, 5), (6, 7)]
     assert dm.label_names == {1: "gland"}
@@ -70,7 +70,7 @@ def test_fixed_moving_pairs_share_the_fixed_grid(layout: Path):
 
 @pytest.mark.parametrize(("order", "count"), [("unordered", 6), ("ordered", 12)])
 def test_inter_patient_pairs(layout: Path, order: str, count: int):
-    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(4, 2, 0), pair_order=order)
+    dm = PairedDataModule(str(layout), pair_kind="moving-moving", split=(4, 2, 0), pair_order=order)
     dm.setup()
     assert len(dm.train_subjects) == 4 and len(dm.train_pairs) == count
     assert len(dm.val_pairs) == 1 and dm.test_pairs == []
@@ -82,12 +82,12 @@ def test_inter_patient_pairs(layout: Path, order: str, count: int):
 
 
 def test_target_shape_pad_and_resample(layout: Path):
-    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(8, 9, 7))
+    dm = PairedDataModule(str(layout), pair_kind="fixed-fixed", split=(2, 0, 0), target_shape=(8, 9, 7))
     dm.setup()
     image = dm.train_subjects[0]["image"]
     assert image.shape == (1, 8, 9, 7) and float(image[0, 0, 0, 0]) == 0.0  # zero padding
     assert dm.train_subjects[0]["spacing"].tolist() == [1.5] * 3
-    dm = PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), target_shape=(12, 14, 10),
+    dm = PairedDataModule(str(layout), pair_kind="fixed-fixed", split=(2, 0, 0), target_shape=(12, 14, 10),
                           resize="resample")
     dm.setup()
     assert dm.train_subjects[0]["image"].shape == (1, 12, 14, 10)
@@ -95,7 +95,7 @@ def test_target_shape_pad_and_resample(layout: Path):
 
 
 def test_resample_factor(layout: Path):
-    dm = PairedDataModule(str(layout), pairs="moving-moving", split=(2, 0, 0), target_shape=(8, 8, 6),
+    dm = PairedDataModule(str(layout), pair_kind="moving-moving", split=(2, 0, 0), target_shape=(8, 8, 6),
                           resample_factor=0.5)
     dm.setup()
     assert dm.train_subjects[0]["image"].shape == (1, 4, 4, 3)
@@ -104,11 +104,31 @@ def test_resample_factor(layout: Path):
 
 def test_errors_name_the_file(layout: Path, tmp_path: Path):
     with pytest.raises(RegframeInputError, match="label_channel"):
-        PairedDataModule(str(layout), pairs="fixed-fixed", split=(2, 0, 0), label_channel=None).setup()
+        PairedDataModule(str(layout), pair_kind="fixed-fixed", split=(2, 0, 0), label_channel=None).setup()
     with pytest.raises(RegframeInputError, match="fixed_images"):
         PairedDataModule(str(tmp_path / "nowhere"), split=(1, 0, 0)).setup()
     (layout / "moving_images" / "obs005.nii.gz").unlink()
     with pytest.raises(RegframeInputError, match="obs005"):
         PairedDataModule(str(layout), split=(2, 0, 0)).setup()
-    with pytest.raises(RegframeInputError, match="pairs"):
-        PairedDataModule(str(layout), pairs="mr-us")
+    with pytest.raises(RegframeInputError, match="pair_kind"):
+        PairedDataModule(str(layout), pair_kind="mr-us")
+
+
+def test_metaimage_and_nrrd_folders_give_the_same_subjects(layout: Path, tmp_path: Path):
+    import SimpleITK as sitk
+
+    converted = tmp_path / "converted"
+    for folder in layout.iterdir():
+        for k, path in enumerate(sorted(folder.iterdir())):
+            image = sitk.ReadImage(str(path))  # diagonal affine: the same world geometry in ITK
+            suffix = ".mha" if k % 2 else ".nrrd"
+            (converted / folder.name).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(converted / folder.name / path.name.replace(".nii.gz", suffix)))
+    nifti = PairedDataModule(str(layout), pair_kind="fixed-moving", split=(4, 1, 1))
+    other = PairedDataModule(str(converted), pair_kind="fixed-moving", split=(4, 1, 1))
+    nifti.setup()
+    other.setup()
+    assert [s["id"] for s in other.train_subjects] == [s["id"] for s in nifti.train_subjects]
+    for a, b in zip(nifti.train_subjects + nifti.val_subjects, other.train_subjects + other.val_subjects):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        np.testing.assert_allclose(a["affine"], b["affine"], atol=1e-9)

@@ -47,3 +47,17 @@ def test_resample_keeps_field_of_view():
     # a voxel centre of the new grid maps to the old-grid position (i + 0.5) * 2 - 0.5
     assert np.allclose(_world(out["affine"], torch.zeros(1, 3)), _world(subject["affine"], torch.full((1, 3), 0.5)))
     assert resample_by_factor(subject, 1.0) is subject
+
+
+def test_pad_crop_odd_difference_leaves_extra_voxel_at_end():
+    subject = _subject((7, 8, 4))
+    subject["affine"][:3, :3] = [[0.0, -1.5, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]  # axes swapped, anisotropic
+    subject["mask"] = torch.ones_like(subject["label"])
+    out = pad_crop_subject(subject, (4, 11, 4))  # crop axis 0 by 3 (1 before, 2 after), pad axis 1 by 3 (1, 2)
+    assert torch.equal(out["image"][0, :, 1:9], subject["image"][0, 1:5])
+    assert out["mask"][0, :, 0].sum() == 0 and out["mask"][0, :, 9:].sum() == 0 and out["mask"][0, :, 1:9].all()
+    assert out["label"].dtype == torch.long and out["image"].dtype == subject["image"].dtype
+    assert np.allclose(_world(out["affine"], out["points"]), _world(subject["affine"], subject["points"]))
+    # new voxel (0, 1, 0) is old voxel (1, 0, 0)
+    assert np.allclose(_world(out["affine"], torch.tensor([[0.0, 1.0, 0.0]])),
+                       _world(subject["affine"], torch.tensor([[1.0, 0.0, 0.0]])))

@@ -112,3 +112,45 @@ def test_jacobian_closed_form_matches_linalg_det(dims):
     disp = torch.randn(2, dims, *(7, 8, 9)[:dims], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     jac = spatial_gradient(disp).movedim(1, -1).movedim(1, -1) + torch.eye(dims, dtype=torch.float64)
     torch.testing.assert_close(jacobian_determinant(disp), torch.linalg.det(jac))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("shape", [(9, 11), (7, 8, 9), (1, 6, 5)])
+def test_warp_matches_monai_warp(shape, mode):
+    import warnings
+
+    from monai.networks.blocks import Warp
+
+    generator = torch.Generator().manual_seed(len(shape))
+    image = torch.randn(2, 3, *shape, generator=generator)
+    disp = 3.0 * torch.randn(2, len(shape), *shape, generator=generator)  # reaches past the border
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = Warp(mode=mode, padding_mode="border")(image, disp)
+    torch.testing.assert_close(warp(image, disp, mode=mode), expected, rtol=0.0, atol=1e-5)
+
+
+def test_warp_grid_cache_is_keyed_by_dtype_and_device():
+    from regframe.spatial import _cached_identity_grid
+
+    _cached_identity_grid.cache_clear()
+    image = torch.rand(1, 1, 6, 7, 8, generator=torch.Generator().manual_seed(0))
+    disp = torch.zeros(1, 3, 6, 7, 8)
+    disp[:, 1] = 1.0  # warped(x) = image(x + e_y)
+    expected = torch.cat([image[..., 1:, :], image[..., -1:, :]], dim=-2)  # border repeats
+    torch.testing.assert_close(warp(image, disp), expected)
+    out64 = warp(image.double(), disp.double())  # same shape, second dtype: its own grid
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, expected.double())
+    meta = warp(image.to("meta"), disp.to("meta"))  # same shape, second device
+    assert meta.device.type == "meta" and meta.shape == image.shape
+    torch.testing.assert_close(warp(image, disp), expected)  # the first grid is still intact
+    info = _cached_identity_grid.cache_info()
+    assert (info.misses, info.hits) == (3, 1)  # one grid per (shape, device, dtype), then reused
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_warp_same_shape_on_gpu_then_cpu():
+    image, disp = torch.rand(1, 1, 6, 7, 8), torch.randn(1, 3, 6, 7, 8)
+    on_gpu = warp(image.cuda(), disp.cuda()).cpu()
+    torch.testing.assert_close(warp(image, disp), on_gpu)
