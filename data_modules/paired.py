@@ -76,7 +76,7 @@ class PairedDataModule(RegistrationDataModule):
         self,
         root: str,
         pair_kind: str = "fixed-moving",
-        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split: tuple[int, int, int] | tuple[float, float, float] = (0.8, 0.1, 0.1),
         pair_order: str = "unordered",
         target_shape: tuple[int, ...] | None = None,
         resize: str = "pad_crop",
