@@ -12,11 +12,11 @@ steps are disjoint, so no gradient leaks between the networks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from regframe.estimators.base import DisplacementEstimator
 from regframe.methods.base import RegistrationModule
@@ -24,7 +24,7 @@ from regframe.objectives.residual import STAGES, ResidualObjective
 from regframe.spatial import warp
 
 
-def adam_1e4(params) -> torch.optim.Optimizer:
+def adam_1e4(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The paper's optimiser: Adam with learning rate 1e-4."""
     return torch.optim.Adam(params, lr=1e-4)
 
@@ -47,8 +47,8 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         self.objective = objective
         self.automatic_optimization = False
 
-    def warped(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The estimator's displacement ``(B, D, *S)`` and the warped moving image ``(B, 1, *S)``."""
+    def align(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The estimator's displacement ``(B, D, *S)`` (voxels) and the moving image warped by it ``(B, 1, *S)``."""
         disp = self.estimator(batch["fixed"], batch["moving"])
         return disp, warp(batch["moving"], disp)
 
@@ -56,7 +56,7 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         """Images for inspection, each ``(B, 1, *S)``: the squared residual ``residual`` and the
         objective's weight maps (``score``, ``variance`` or ``weight``), without gradients."""
         with torch.no_grad():
-            _, warped = self.warped(batch)
+            _, warped = self.align(batch)
             return {"residual": (batch["fixed"] - warped).pow(2), **self.objective.weight_maps(batch["fixed"], warped)}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -65,14 +65,14 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         stage = self.objective.schedule.stage_at(self.current_epoch).name
         size = batch["fixed"].shape[0]
         if stage != "scoring":
-            disp, warped = self.warped(batch)
+            disp, warped = self.align(batch)
             loss, logs = self.objective(batch["fixed"], warped, disp, stage)
             self._step(optimizers[:1] if self.objective.separate_weight_net else optimizers, loss)
             self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
             self.log_dict({f"train/{key}": value for key, value in logs.items()}, batch_size=size)
         if stage != "displacement":
             with torch.no_grad():
-                _, warped = self.warped(batch)
+                _, warped = self.align(batch)
             loss, logs = self.objective.weight_net_loss(batch["fixed"], warped)
             self._step(optimizers[1:], loss)
             self.log("train/score_loss", loss.detach(), batch_size=size)
@@ -91,7 +91,7 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> list | tuple[list, list]:
         """One optimiser per network: ``[estimator]``, or ``[estimator, objective's weight net]``."""
         optimizers = [self.optimizer_factory(self.estimator.parameters())]
         weight_net_parameters = list(self.objective.parameters())

@@ -61,7 +61,7 @@ def grads(module: torch.nn.Module) -> list:
 
 
 def displacement_loss(module: AdaptiveCorrespondenceScoring, batch: dict, stage: str) -> torch.Tensor:
-    disp, warped = module.warped(batch)
+    disp, warped = module.align(batch)
     return module.objective(batch["fixed"], warped, disp, stage)[0]
 
 
@@ -70,7 +70,7 @@ def test_scoring_step_does_not_reach_the_displacement_net():
     module = tiny_module("adacs")
     batch = blob_pair()
     with torch.no_grad():
-        _, warped = module.warped(batch)
+        _, warped = module.align(batch)
     module.objective.weight_net_loss(batch["fixed"], warped)[0].backward()
     assert all(g is None for g in grads(module.estimator))
     assert any(g is not None and g.abs().sum() > 0 for g in grads(module.objective.weight_net))
@@ -135,7 +135,7 @@ def test_every_objective_trains_one_step_and_exposes_weight_maps(objective):
     maps = module.weight_maps(blob_pair())
     assert "residual" in maps and (len(maps) == 2) == (objective != "vanilla")
     assert all(m.shape == (1, 1, 16, 16) and torch.isfinite(m).all() for m in maps.values())
-    residual = (blob_pair()["fixed"] - module.warped(blob_pair())[1]).pow(2)
+    residual = (blob_pair()["fixed"] - module.align(blob_pair())[1]).pow(2)
     torch.testing.assert_close(maps["residual"], residual.detach())
 
 
