@@ -22,6 +22,8 @@ CPU-scale choices (documented deviations from the paper): training volumes resam
 (47×63×44 → 24×32×22), ``--epochs`` epochs of ``--steps-per-epoch`` random training pairs,
 N_w = ``--warmup-epochs`` (paper: 10 for 3D), learning rate ``--lr`` for both optimisers (paper 1e-4).
 
+With regframe installed (``make install``):
+
     OMP_NUM_THREADS=1 python benchmarks/adacs_prostate.py --seeds 0 1 --out runs/adacs.jsonl
     OMP_NUM_THREADS=1 python benchmarks/adacs_prostate.py --pairs synthetic --out runs/adacs_synth.jsonl
     python benchmarks/adacs_prostate.py --table runs/adacs.jsonl
@@ -42,21 +44,39 @@ import zlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from regframe.estimators.unet_regressor import UNetRegressor, default_unet
+from regframe.io import read_image, read_label
+from regframe.losses import diffusion
+from regframe.methods.adaptive_scoring import AdaptiveCorrespondenceScoring
+from regframe.metrics import pair_metrics
+from regframe.objectives.adacs import AdaCS
+from regframe.objectives.adaframe import AdaFrame
+from regframe.objectives.adareg import AdaReg
+from regframe.objectives.nll import NLL, BetaNLL
+from regframe.objectives.residual import ResidualObjective
+from regframe.objectives.vanilla import Vanilla
+from regframe.spatial import resize_field, resize_image, warp, warp_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regframe.estimators.unet_regressor import UNetRegressor, default_unet  # noqa: E402
-from regframe.io import read_image, read_label  # noqa: E402
-from regframe.methods.adaptive_scoring import MODES, AdaptiveCorrespondenceScoring  # noqa: E402
-from regframe.metrics import pair_metrics  # noqa: E402
-from regframe.losses import diffusion  # noqa: E402
-from regframe.spatial import resize_field, resize_image, warp, warp_labels  # noqa: E402
-from torch import Tensor  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", ROOT / ".." / "shared" / "data")) / "prostate_mr_us"
 FEATURES = (8, 16, 16, 16, 16, 8)
+
+
+#: The compared objectives (``--modes``), in table order.
+MODES = ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "adacs")
+BASELINES: dict[str, type[ResidualObjective]] = {"vanilla": Vanilla, "nll": NLL, "beta_nll": BetaNLL,
+                                                  "adareg": AdaReg, "adaframe": AdaFrame}
+
+
+def objective(mode: str, args: argparse.Namespace) -> ResidualObjective:
+    """The objective called ``mode`` with the run's λ (and α, β, N_w for AdaCS), its nets in 3D."""
+    if mode == "adacs":
+        return AdaCS(spatial_dims=3, smooth_weight=args.lam, score_reg_weight=args.alpha, score_tv_weight=args.beta,
+                     warmup_epochs=args.warmup_epochs)
+    return BASELINES[mode](smooth_weight=args.lam)
 
 
 def normalise(volume: Tensor, kind: str) -> Tensor:
@@ -252,10 +272,8 @@ def run(mode: str, seed: int, args: argparse.Namespace, train: list[dict], test_
     estimator = UNetRegressor(3, backbone=default_unet(3, features=FEATURES), backbone_channels=FEATURES[-1],
                               integration_steps=7, size_divisible=1)
     lr = args.lr
-    module = AdaptiveCorrespondenceScoring(
-        estimator, mode=mode, spatial_dims=3, warmup_epochs=args.warmup_epochs, smoothness_weight=args.lam,
-        score_reg_weight=args.alpha, score_tv_weight=args.beta,
-        optimizer=lambda params: torch.optim.Adam(params, lr=lr))
+    module = AdaptiveCorrespondenceScoring(estimator, objective(mode, args),
+                                           optimizer=lambda params: torch.optim.Adam(params, lr=lr))
     pairs = (SyntheticPairs(train, args.steps_per_epoch, seed, args.factor) if args.pairs == "synthetic"
              else RandomPairs(train, args.steps_per_epoch, seed))
     loader = torch.utils.data.DataLoader(pairs, batch_size=1)
@@ -309,7 +327,7 @@ def table(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="objectives to train")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=25)

@@ -3,8 +3,8 @@
 :class:`WeightMapSnapshot` shows, every ``every_n_steps`` training steps, the squared intensity
 residual next to the method's weight map (AdaCS: the correspondence score; NLL: the variance;
 AdaReg/AdaFrame: the adaptive weight) for the first pair of the current batch (the middle slice
-along ``axis`` for 3D data). It works with any LightningModule that has
-``weight_maps(batch) -> dict[str, Tensor (B, 1, *S)]`` and does nothing unless the trainer logs to W&B.
+along ``axis`` for 3D data). The module must be a :class:`regframe.stages.WeightMapSource`
+(checked when training starts); nothing is logged unless the trainer logs to W&B.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
+
+from regframe.stages import WeightMapSource, require
 
 
 def map_to_image(volume: Tensor, axis: int = -1) -> np.ndarray:
@@ -33,10 +35,13 @@ class WeightMapSnapshot(pl.Callback):
         self.axis = axis
         self.key = key
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch: dict,
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        require(pl_module, WeightMapSource, type(self).__name__)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: WeightMapSource, outputs, batch: dict,
                            batch_idx: int) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or not hasattr(pl_module, "weight_maps") or trainer.global_step % self.every_n_steps:
+        if not loggers or trainer.global_step % self.every_n_steps:
             return
         first = {key: value[:1] for key, value in batch.items() if isinstance(value, Tensor)}
         maps = pl_module.weight_maps(first)

@@ -1,5 +1,5 @@
-"""Every AdaCS experiment config (3D, 2D, each baseline composed with the main config) runs a few
-training and validation steps, with its data section swapped for a tiny phantom and W&B off."""
+"""Every AdaCS experiment config (3D, 2D, each baseline objective composed with the main config)
+runs a few training and validation steps, with its data section swapped for a tiny phantom and W&B off."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import pytest
 import yaml
 
 from regframe.cli import RegframeCLI
+from regframe.objectives.adacs import AdaCS
+from regframe.objectives.adaframe import AdaFrame
+from regframe.objectives.adareg import AdaReg
+from regframe.objectives.nll import NLL, BetaNLL
+from regframe.objectives.vanilla import Vanilla
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BASELINES = ["vanilla", "nll", "beta_nll", "adareg", "adaframe",
              pytest.param("transmorph", marks=pytest.mark.slow)]
+OBJECTIVES = {"vanilla": Vanilla, "nll": NLL, "beta_nll": BetaNLL, "adareg": AdaReg, "adaframe": AdaFrame,
+              "transmorph": AdaCS}
 PHANTOM = {"class_path": "data_modules.phantom.PhantomDataModule",
            "init_args": {"subjects": 4, "val_subjects": 2, "pairs": "unordered", "shape": [16, 16, 16], "val_max_pairs": 1}}
 
@@ -31,23 +38,26 @@ def tiny_data(tmp_path: Path, root: Path, two_d: bool) -> Path:
     return path
 
 
-def fit(configs: list[Path], tmp_path: Path, warmup: int = 1, epochs: int = 3) -> RegframeCLI:
+def fit(configs: list[Path], tmp_path: Path, epochs: int, overrides: tuple[str, ...] = ()) -> RegframeCLI:
     args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + [
         "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
         "--trainer.check_val_every_n_epoch", str(epochs), "--trainer.enable_checkpointing", "false",
-        "--trainer.default_root_dir", str(tmp_path), "--model.init_args.warmup_epochs", str(warmup),
-        "--model.init_args.compute_hd95", "false"]
+        "--trainer.default_root_dir", str(tmp_path), "--model.init_args.compute_hd95", "false", *overrides]
     return RegframeCLI(args=args)
 
 
+def warmup(epochs: int) -> tuple[str, ...]:
+    return ("--model.init_args.objective.init_args.warmup_epochs", str(epochs))
+
+
 @pytest.mark.parametrize("two_d", [False, True], ids=["3d", "2d"])
-def test_main_configs_run_through_all_phases(tmp_path: Path, phantom_root: Path, two_d: bool):
+def test_main_configs_run_through_all_stages(tmp_path: Path, phantom_root: Path, two_d: bool):
     main = EXPERIMENTS / ("prostate_us_adacs_2d.yaml" if two_d else "prostate_us_adacs.yaml")
-    cli = fit([main, tiny_data(tmp_path, phantom_root, two_d)], tmp_path)
-    module = cli.model
-    assert module.mode == "adacs" and module.estimator.spatial_dims == (2 if two_d else 3)
-    assert cli.trainer.current_epoch == 3 and module.phase(2) == "alternate"
-    assert module.residual_momentum.item() > 0
+    cli = fit([main, tiny_data(tmp_path, phantom_root, two_d)], tmp_path, epochs=3, overrides=warmup(1))
+    objective = cli.model.objective
+    assert isinstance(objective, AdaCS) and cli.model.estimator.spatial_dims == (2 if two_d else 3)
+    assert cli.trainer.current_epoch == 3 and cli.trainer.callback_metrics["stage"].item() == 2.0  # alternate
+    assert objective.residual_momentum.item() > 0
     assert "val/dice" in cli.trainer.callback_metrics
 
 
@@ -55,8 +65,15 @@ def test_main_configs_run_through_all_phases(tmp_path: Path, phantom_root: Path,
 def test_baseline_configs_compose_with_the_main_one(tmp_path: Path, phantom_root: Path, baseline: str):
     configs = [EXPERIMENTS / "prostate_us_adacs.yaml", EXPERIMENTS / f"prostate_us_{baseline}.yaml",
                tiny_data(tmp_path, phantom_root, False)]
-    cli = fit(configs, tmp_path, warmup=0, epochs=1)
-    expected = "adacs" if baseline == "transmorph" else baseline
-    assert cli.model.mode == expected
+    cli = fit(configs, tmp_path, epochs=1, overrides=warmup(0) if baseline == "transmorph" else ())
+    assert type(cli.model.objective) is OBJECTIVES[baseline]
     assert type(cli.model.estimator).__name__ == ("TransMorph" if baseline == "transmorph" else "UNetRegressor")
+    assert "val/dice" in cli.trainer.callback_metrics
+
+
+def test_a_baseline_takes_the_dimensionality_of_the_2d_main_config(tmp_path: Path, phantom_root: Path):
+    configs = [EXPERIMENTS / "prostate_us_adacs_2d.yaml", EXPERIMENTS / "prostate_us_nll.yaml",
+               tiny_data(tmp_path, phantom_root, True)]
+    cli = fit(configs, tmp_path, epochs=1)
+    assert type(cli.model.objective) is NLL and cli.model.objective.weight_net.unet.final_conv.weight.dim() == 2 + 2
     assert "val/dice" in cli.trainer.callback_metrics

@@ -48,7 +48,7 @@ def test_checkpoint_holds_plain_config_and_loads_weights_only(trained_checkpoint
     from regframe.methods.adaptive_scoring import AdaptiveCorrespondenceScoring
 
     model = AdaptiveCorrespondenceScoring.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    assert isinstance(model.estimator, torch.nn.Module) and model.mode == "vanilla"
+    assert isinstance(model.estimator, torch.nn.Module) and type(model.objective).__name__ == "Vanilla"
     torch.testing.assert_close(model.state_dict(), {k: v for k, v in ckpt["state_dict"].items()})
 
 

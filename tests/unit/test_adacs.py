@@ -1,8 +1,9 @@
-"""AdaCS and its baselines: scorer objective, gradient isolation, schedule, estimators in 2D/3D."""
+"""The AdaCS method with each objective: gradient isolation, stages, one training step, weight-map
+snapshots; the estimators it trains in 2D/3D; the prostate benchmark's helpers. The objectives'
+formulas are tested in tests/unit/objectives/."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from types import SimpleNamespace
 
@@ -13,23 +14,37 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
 from callbacks.snapshots import WeightMapSnapshot, map_to_image
+from regframe.estimators.base import IdentityEstimator
 from regframe.estimators.transmorph import TransMorph
 from regframe.estimators.unet_regressor import UNetRegressor, default_unet
 from regframe.features.scoring import ScoringUNet, VarianceUNet
-from regframe.methods.adaptive_scoring import MODES, AdaptiveCorrespondenceScoring, scoring_objective
+from regframe.methods.adaptive_scoring import AdaptiveCorrespondenceScoring
+from regframe.methods.base import RegistrationModule
+from regframe.objectives.adacs import AdaCS
+from regframe.objectives.adaframe import AdaFrame
+from regframe.objectives.adareg import AdaReg
+from regframe.objectives.nll import NLL, BetaNLL
+from regframe.objectives.residual import ResidualObjective
+from regframe.objectives.vanilla import Vanilla
 from regframe.spatial import compose
 
 warnings.filterwarnings("ignore", category=UserWarning)
 TINY = (4, 8, 8, 8, 8, 4)
+OBJECTIVES = ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "adacs")
 
 
-def tiny_module(mode: str = "adacs", dims: int = 2, warmup: int = 1) -> AdaptiveCorrespondenceScoring:
+def tiny_objective(name: str, dims: int, warmup: int) -> ResidualObjective:
+    if name == "adacs":
+        return AdaCS(ScoringUNet(dims, features=TINY), warmup_epochs=warmup)
+    if name in ("nll", "beta_nll"):
+        return (NLL if name == "nll" else BetaNLL)(VarianceUNet(dims, features=TINY))
+    return {"vanilla": Vanilla, "adareg": AdaReg, "adaframe": AdaFrame}[name]()
+
+
+def tiny_module(objective: str = "adacs", dims: int = 2, warmup: int = 1) -> AdaptiveCorrespondenceScoring:
     estimator = UNetRegressor(dims, backbone=default_unet(dims, features=TINY), backbone_channels=TINY[-1],
                               init_std=1e-2)
-    weight_net = {"adacs": ScoringUNet(dims, features=TINY), "nll": VarianceUNet(dims, features=TINY),
-                  "beta_nll": VarianceUNet(dims, features=TINY)}.get(mode)
-    return AdaptiveCorrespondenceScoring(estimator, mode=mode, weight_net=weight_net, spatial_dims=dims,
-                                         warmup_epochs=warmup, compute_hd95=False,
+    return AdaptiveCorrespondenceScoring(estimator, tiny_objective(objective, dims, warmup), compute_hd95=False,
                                          optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
 
 
@@ -45,86 +60,39 @@ def grads(module: torch.nn.Module) -> list:
     return [p.grad for p in module.parameters()]
 
 
-# ---------------------------------------------------------------- scorer objective
-def optimise_score(r2: torch.Tensor, reg_weight: float, steps: int = 300) -> torch.Tensor:
-    logits = torch.zeros_like(r2, requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=0.1)
-    for _ in range(steps):
-        opt.zero_grad()
-        scoring_objective(logits.sigmoid(), r2, reg_weight, 0.0).backward()
-        opt.step()
-    return logits.detach().sigmoid()
-
-
-def test_scorer_does_not_collapse_with_regulariser_and_reaches_known_optimum():
-    torch.manual_seed(0)
-    r2 = torch.rand(1, 1, 12, 12) * 0.02  # squared residuals of images in [0, 1]
-    score = optimise_score(r2, reg_weight=0.02)
-    assert score.min() > 0.4  # far from the all-zero solution
-    # per voxel, S r² + α (1 − S)² is minimal at S = 1 − r² / (2α)
-    assert torch.allclose(score, 1 - r2 / 0.04, atol=0.03)
-    collapsed = optimise_score(r2, reg_weight=0.0)
-    assert collapsed.max() < 0.05  # without L_reg the trivial all-zero map wins
-
-
-def test_tv_term_smooths_the_score():
-    r2 = torch.zeros(1, 1, 12, 12)
-    r2[..., ::2] = 0.03  # striped residual -> striped optimum without TV
-    score = torch.full_like(r2, 0.5, requires_grad=True)
-    rough = scoring_objective(score, r2, 0.02, 0.0)
-    smooth = scoring_objective(score, r2, 0.02, 1.0)
-    assert torch.isclose(rough, smooth)  # a constant map has no TV
-    striped = (1 - r2 / 0.04).requires_grad_()
-    assert scoring_objective(striped, r2, 0.02, 1.0) > scoring_objective(striped, r2, 0.02, 0.0)
+def displacement_loss(module: AdaptiveCorrespondenceScoring, batch: dict, stage: str) -> torch.Tensor:
+    disp, warped = module.align(batch)
+    return module.objective(batch["fixed"], warped, disp, stage)[0]
 
 
 # ---------------------------------------------------------------- gradient isolation
 def test_scoring_step_does_not_reach_the_displacement_net():
     module = tiny_module("adacs")
-    loss, _ = module.scoring_loss(blob_pair())
-    loss.backward()
+    batch = blob_pair()
+    with torch.no_grad():
+        _, warped = module.align(batch)
+    module.objective.weight_net_loss(batch["fixed"], warped)[0].backward()
     assert all(g is None for g in grads(module.estimator))
-    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.weight_net))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.objective.weight_net))
 
 
 def test_displacement_step_does_not_reach_the_scorer():
     module = tiny_module("adacs")
-    loss, _ = module.displacement_loss(blob_pair(), use_score=True)
-    loss.backward()
-    assert all(g is None for g in grads(module.weight_net))
+    displacement_loss(module, blob_pair(), "alternate").backward()
+    assert all(g is None for g in grads(module.objective.weight_net))
     assert any(g is not None and g.abs().sum() > 0 for g in grads(module.estimator))
 
 
-@pytest.mark.parametrize("mode", ["nll", "beta_nll"])
-def test_variance_net_trains_jointly_but_does_not_feed_back_through_the_warped_input(mode):
-    module = tiny_module(mode)
-    loss, _ = module.displacement_loss(blob_pair())
-    loss.backward()
-    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.weight_net))
+@pytest.mark.parametrize("objective", ["nll", "beta_nll"])
+def test_variance_net_trains_jointly_with_the_estimator(objective):
+    module = tiny_module(objective)
+    displacement_loss(module, blob_pair(), "displacement").backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(module.objective.weight_net))
     assert any(g is not None and g.abs().sum() > 0 for g in grads(module.estimator))
+    assert len(module.configure_optimizers()) == 2
 
 
-def test_momentum_follows_the_paper():
-    module = tiny_module("adacs")
-    batch = blob_pair()
-    assert module.residual_momentum.item() == 0.0  # m_0 = 0
-    _, logs = module.scoring_loss(batch)
-    expected = 0.01 * math.cos(math.pi / 2 * logs["mu"].item())
-    assert module.residual_momentum.item() == pytest.approx(expected, rel=1e-5)
-    module.eval()
-    module.scoring_loss(batch)  # no update outside training
-    assert module.residual_momentum.item() == pytest.approx(expected, rel=1e-5)
-
-
-# ---------------------------------------------------------------- schedule
-def test_schedule_phases():
-    module = tiny_module("adacs", warmup=2)
-    assert [module.phase(e) for e in range(6)] == ["displacement"] * 2 + ["scoring"] * 2 + ["alternate"] * 2
-    assert tiny_module("adacs", warmup=0).phase(0) == "alternate"
-    for mode in set(MODES) - {"adacs"}:
-        assert tiny_module(mode).phase(5) == "displacement"
-
-
+# ---------------------------------------------------------------- stages
 class ParameterWatch(pl.Callback):
     """Records, per epoch, which networks changed."""
 
@@ -136,10 +104,10 @@ class ParameterWatch(pl.Callback):
         return torch.cat([p.detach().flatten() for p in net.parameters()]).clone()
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self.before = (self.flat(module.estimator), self.flat(module.weight_net))
+        self.before = (self.flat(module.estimator), self.flat(module.objective.weight_net))
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        after = (self.flat(module.estimator), self.flat(module.weight_net))
+        after = (self.flat(module.estimator), self.flat(module.objective.weight_net))
         self.changed.append(tuple(not torch.equal(a, b) for a, b in zip(self.before, after)))
 
 
@@ -153,34 +121,30 @@ def test_training_switches_networks_at_the_right_epochs():
     trainer.fit(module, train_dataloaders=loader)
     # (estimator changed, scorer changed) per epoch: displacement only, scoring only, both
     assert watch.changed == [(True, False), (False, True), (True, True)]
-    assert module.residual_momentum.item() > 0
+    assert module.objective.residual_momentum.item() > 0
+    assert trainer.callback_metrics["stage"].item() == 2.0  # alternate
+    assert trainer.global_step == 2 + 2 + 2 * 2  # one optimiser step per network and batch
 
 
-# ---------------------------------------------------------------- baselines' weights
-def test_adaptive_weights_are_in_range_and_monotone():
-    module = tiny_module("adaframe")
-    r2 = torch.linspace(0, 0.1, 64).view(1, 1, 8, 8)
-    frame = module.adaframe_weight(r2)
-    assert frame.min() >= 0 and frame.max() <= 1
-    assert torch.all(frame.flatten().diff() <= 1e-7)  # larger residual -> smaller data weight
-    reg = tiny_module("adareg").adareg_weight(r2)
-    assert reg.flatten()[0] == pytest.approx(1.0) and torch.all(reg.flatten().diff() <= 0)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_every_mode_trains_one_step_and_exposes_weight_maps(mode):
-    module = tiny_module(mode, warmup=0)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_trains_one_step_and_exposes_weight_maps(objective):
+    module = tiny_module(objective, warmup=0)
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, train_dataloaders=DataLoader([blob_pair()], batch_size=None))
     maps = module.weight_maps(blob_pair())
-    assert "residual" in maps and (len(maps) == 2) == (mode != "vanilla")
+    assert "residual" in maps and (len(maps) == 2) == (objective != "vanilla")
     assert all(m.shape == (1, 1, 16, 16) and torch.isfinite(m).all() for m in maps.values())
+    residual = (blob_pair()["fixed"] - module.align(blob_pair())[1]).pow(2)
+    torch.testing.assert_close(maps["residual"], residual.detach())
 
 
-def test_unknown_mode_is_rejected():
-    with pytest.raises(ValueError, match="mode"):
-        tiny_module("nope")
+def test_momentum_is_saved_with_the_module():
+    module = tiny_module("adacs")
+    module.objective.residual_momentum.fill_(0.25)
+    again = tiny_module("adacs")
+    again.load_state_dict(module.state_dict())
+    assert again.objective.residual_momentum.item() == 0.25
 
 
 # ---------------------------------------------------------------- estimators
@@ -233,6 +197,13 @@ def test_snapshot_logs_score_next_to_residual_only_for_wandb():
     assert kwargs["caption"] == ["residual", "score"]
     assert all(im.shape == (12, 10) and 0 <= im.min() and im.max() <= 1 for im in images)
     assert map_to_image(torch.ones(1, 4, 4)).max() == 0  # a constant map does not divide by zero
+
+
+def test_snapshot_requires_a_weight_map_source():
+    callback = WeightMapSnapshot()
+    callback.on_fit_start(SimpleNamespace(), tiny_module("vanilla"))  # AdaCS is a WeightMapSource
+    with pytest.raises(TypeError, match=r"WeightMapSnapshot needs a WeightMapSource.*weight_maps"):
+        callback.on_fit_start(SimpleNamespace(), RegistrationModule(IdentityEstimator()))
 
 
 def _benchmark():
