@@ -21,7 +21,7 @@ BASELINES = ["vanilla", "nll", "beta_nll", "adareg", "adaframe",
 OBJECTIVES = {"vanilla": Vanilla, "nll": NLL, "beta_nll": BetaNLL, "adareg": AdaReg, "adaframe": AdaFrame,
               "transmorph": AdaCS}
 PHANTOM = {"class_path": "data_modules.phantom.PhantomDataModule",
-           "init_args": {"subjects": 4, "val_subjects": 2, "pairs": "unordered", "shape": [16, 16, 16], "val_max_pairs": 1}}
+           "init_args": {"subjects": 4, "val_subjects": 2, "pair_order": "unordered", "shape": [16, 16, 16], "val_max_pairs": 1}}
 
 
 @pytest.fixture(scope="module")
