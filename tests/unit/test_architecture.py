@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "regframe"
 GLUE = ("data_modules", "callbacks")
 # Declared dependencies that our code reaches through another library, with the code that needs them.
-INDIRECT = {"jsonargparse": ("regframe/cli.py", "LightningCLI"), "rich": ("regframe/cli.py", "RichProgressBar")}
+INDIRECT = {"jsonargparse": ("regframe/cli.py", "LightningCLI"), "rich": ("regframe/cli.py", "RichProgressBar"),
+            "wandb": ("regframe/run_config.py", "WandbLogger")}
 IMPORT_NAME = {"lightning": "lightning", "monai": "monai", "torchio": "torchio", "wandb": "wandb",
                "omegaconf": "omegaconf", "nibabel": "nibabel", "numpy": "numpy", "scipy": "scipy", "torch": "torch",
                "simpleitk": "SimpleITK"}
