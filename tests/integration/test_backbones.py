@@ -20,7 +20,6 @@ import yaml
 
 from regframe.cli import RegframeCLI
 from regframe.features.unet import ObeliskUNet
-from regframe.io import write_nifti
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BACKBONES = EXPERIMENTS / "backbones"
@@ -39,24 +38,6 @@ METHOD_RUNS = {  # config -> (epochs, overrides); one training step per epoch, v
 
 REGISTRATION = sorted(p.name for p in BACKBONES.glob("registration_*.yaml"))
 SEGMENTER = sorted(p.name for p in BACKBONES.glob("segmenter_*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def paired_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 cases of 16³ fixed and moving images (uint8 range) with a binary ellipsoid 'gland' at a
-    per-case offset, in the PairedDataModule folder layout."""
-    root = tmp_path_factory.mktemp("paired_phantom")
-    rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*[np.arange(16.0)] * 3, indexing="ij"))
-    for case in range(8):
-        for side in ("fixed", "moving"):
-            centre = np.array([7.5, 7.5, 7.5]) + rng.uniform(-2, 2, 3)
-            gland = (((grid - centre[:, None, None, None]) / np.array([5.0, 4.0, 4.5])[:, None, None, None]) ** 2
-                     ).sum(0) <= 1
-            image = 60 + 120 * gland + rng.normal(0, 5, gland.shape)
-            write_nifti(root / f"{side}_images" / f"case{case}.nii.gz", image.astype(np.float32), np.eye(4))
-            write_nifti(root / f"{side}_labels" / f"case{case}.nii.gz", gland.astype(np.uint8), np.eye(4))
-    return root
 
 
 def run(method: str, snippet: str, root: Path, tmp_path: Path) -> RegframeCLI:

@@ -1,0 +1,79 @@
+"""Every YAML in ``experiments/`` (backbone snippets included) runs one training step and one
+validation batch (Lightning's ``fast_dev_run``) with its small override file ``tests/conf/<same
+path>.yaml``, on tiny generated data; and every shipped data section that points into
+``../shared/data`` sets up on the real files.
+
+Overlay configs (CPU-scale variants, baselines, backbone snippets) are composed after the config
+they extend, named in ``BASES``. Nothing else is overridden here except where the data lives
+(a temporary folder) and where the run writes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+
+from regframe.cli import RegframeCLI
+from regframe.methods.base import RegistrationModule
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = REPO / "experiments"
+CONF = REPO / "tests" / "conf"
+BASES = {  # overlay config (glob, relative to experiments/) -> the configs it is added after
+    "demo.yaml": ["abdomen_cst.yaml"],
+    "abdomen_cst_cpu.yaml": ["abdomen_cst.yaml"],
+    **{f"prostate_us_{baseline}.yaml": ["prostate_us_adacs.yaml"]
+       for baseline in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph")},
+    "backbones/cst_*.yaml": ["abdomen_cst.yaml"],
+    "backbones/registration_*.yaml": ["prostate_us_adacs.yaml"],
+    "backbones/segmenter_*.yaml": ["prostate_jrss.yaml"],
+}
+CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml"))
+
+
+def bases(config: str) -> list[Path]:
+    for pattern, names in BASES.items():
+        if fnmatch.fnmatch(config, pattern):
+            return [EXPERIMENTS / name for name in names]
+    return []
+
+
+def data_classes(paths: list[Path]) -> tuple[str, str | None]:
+    """The data module class after composing ``paths`` and, for a slice module, its volumes' class."""
+    outer, inner = "", None
+    for path in paths:
+        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+        outer = data.get("class_path", outer)
+        volumes = (data.get("init_args") or {}).get("volumes") or {}
+        inner = volumes.get("class_path", inner)
+    return outer, inner
+
+
+def data_location(paths: list[Path], tmp_path: Path, paired_root: Path) -> dict:
+    """The ``data.init_args`` that put a config's data in a test folder."""
+    outer, inner = data_classes(paths)
+    leaf = (inner or outer).rpartition(".")[2]
+    root = {"PairedDataModule": str(paired_root), "PhantomDataModule": str(tmp_path / "phantom")}[leaf]
+    return {"volumes": {"init_args": {"root": root}}} if inner else {"root": root}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_runs_one_step(config: str, tmp_path: Path, paired_phantom: Path, monkeypatch: pytest.MonkeyPatch):
+    override = CONF / config
+    assert override.is_file(), f"add the small override file tests/conf/{config} for experiments/{config}"
+    monkeypatch.chdir(tmp_path)  # configs write under ./runs
+    configs = [*bases(config), EXPERIMENTS / config, override]
+    location = tmp_path / "location.yaml"
+    location.write_text(yaml.safe_dump({"data": {"init_args": data_location(configs, tmp_path, paired_phantom)},
+                                        "trainer": {"default_root_dir": str(tmp_path)}}))
+    args = ["fit", *[a for c in [*configs, location] for a in ("--config", str(c))], "--trainer.fast_dev_run=true"]
+    cli = RegframeCLI(args=args)
+    assert cli.trainer.state.finished
+    metrics = cli.trainer.callback_metrics
+    trains = any(p.requires_grad for p in cli.model.parameters()) and cli.model.configure_optimizers() is not None
+    assert cli.trainer.global_step >= 1 if trains else cli.trainer.global_step == 0
+    if isinstance(cli.model, RegistrationModule):
+        assert 0.0 <= float(metrics["val/dice"]) <= 1.0
