@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from omegaconf import OmegaConf
 
 from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback
@@ -20,13 +22,30 @@ from regframe.run_config import RunConfigCallback
 TOOLS = ("register", "evaluate", "data")
 
 
+def multiply(*factors: int | float) -> int | float:
+    """The ``${mul:a,b,...}`` resolver of experiment configs: the product of its arguments, e.g.
+    ``trainer.max_epochs: ${mul:${..model.init_args.stages},${..model.init_args.epochs_per_stage}}``."""
+    return math.prod(factors)
+
+
+OmegaConf.register_resolver("mul", multiply, replace=True, annotation_validation="error")
+
+
 class RegframeCLI(LightningCLI):
     """LightningCLI with regframe's defaults: any LightningModule / LightningDataModule by
-    ``class_path``, seed 0, a Rich progress bar, and a per-run config that never collides."""
+    ``class_path``, seed 0, a Rich progress bar, and a per-run config that never collides.
+
+    Configs may use OmegaConf interpolation (``${mul:a,b}``, ``${..model.init_args.stages}``); it is
+    resolved once, after all ``--config`` files and command-line overrides are merged (jsonargparse's
+    ``omegaconf+`` mode), so an overlay that changes ``stages`` also changes every value derived from
+    it. Paths are relative (``..`` = the config's top level), because under a subcommand the whole
+    config sits below ``fit.``/``validate.``/... when it is resolved.
+    """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         import_plugins()
         kwargs.setdefault("save_config_callback", RunConfigCallback)
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+"})
         super().__init__(
             pl.LightningModule,
             pl.LightningDataModule,
