@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback
@@ -57,6 +58,16 @@ class RegframeCLI(LightningCLI):
             **kwargs,
         )
 
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does; an interpolation that cannot be resolved is a usage error
+        naming the option."""
+        try:
+            super().parse_arguments(parser, args)
+        except InterpolationResolutionError as err:
+            message = str(err).splitlines()[0]
+            parser.error(f"{err.full_key}: {message} (interpolation paths are relative: "
+                         "${..model.init_args.stages} in a trainer option)")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Add a Rich progress bar unless the config disables progress bars or brings its own."""

@@ -29,11 +29,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from regframe import pseudo_labels
 from regframe.errors import RegframeInputError
 from regframe.estimators.refine import RefinedEstimator
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
-from regframe import pseudo_labels
 from regframe.methods.base import RegistrationModule
 from regframe.pseudo_labels import MANIFEST, PseudoLabelStore
 from regframe.stages import StageLRSchedulerCallable, StageSchedule, optimizer_steps_per_epoch
