@@ -7,20 +7,22 @@ import time
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 from regframe.errors import RegframeInputError
+from regframe.stages import PseudoLabelListener, SelfTraining, require
 
 
 class PseudoLabelRefresh(Callback):
     """Generate stage-0 pseudo labels from a random network when a run starts, and new labels with
-    the current network at every stage end (after that stage's validation, before the next stage's
-    dataloader is built).
+    the current network at every stage end but the last (after that stage's validation, before the
+    next stage's dataloader is built), for a :class:`~regframe.stages.SelfTraining` module.
 
     The trainer must rebuild the training dataloader at stage starts, so that sampler weights set at a
-    refresh take effect: ``reload_dataloaders_every_n_epochs`` must divide ``epochs_per_stage``.
-    Use ``epochs_per_stage`` itself: the data modules seed a fresh sampler at every reload, so
-    reloading every epoch would repeat the same order of pairs in every epoch. Other callbacks with
-    an ``on_pseudo_labels(trainer, module, stage, difficulty)`` method (e.g.
+    refresh take effect: every stage must start at a multiple of ``reload_dataloaders_every_n_epochs``.
+    Use the stage length itself: the data modules seed a fresh sampler at every reload, so
+    reloading every epoch would repeat the same order of pairs in every epoch. Callbacks that are
+    :class:`~regframe.stages.PseudoLabelListener` (e.g.
     :class:`callbacks.sampling.DifficultyWeightedSampling`) are told about each refresh.
     ``evaluate_stage0`` also scores the random network's refined fields on the validation pairs and
     records them as stage 0 of the Dice table.
@@ -30,11 +32,12 @@ class PseudoLabelRefresh(Callback):
         self.evaluate_stage0 = evaluate_stage0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        require(pl_module, SelfTraining, type(self).__name__)
         reload = trainer.reload_dataloaders_every_n_epochs
-        if not reload or pl_module.epochs_per_stage % reload:
+        if not reload or any(stage.start % reload for stage in pl_module.schedule.stages):
             raise RegframeInputError(
-                f"trainer.reload_dataloaders_every_n_epochs={reload} must divide epochs_per_stage="
-                f"{pl_module.epochs_per_stage} so that refreshed sampler weights are used (set it to epochs_per_stage)")
+                f"trainer.reload_dataloaders_every_n_epochs={reload} must divide every stage start of "
+                f"{pl_module.schedule} so that refreshed sampler weights are used (set it to the stage length)")
         store = pl_module.open_pseudo_labels(trainer)
         if store.served_stage is not None:
             rank_zero_info(f"pseudo labels: resuming with stage {store.served_stage} from {store.root}")
@@ -52,8 +55,8 @@ class PseudoLabelRefresh(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        stage = pl_module.stage_of_epoch(epoch)
-        if not pl_module.is_stage_end(epoch) or stage >= pl_module.stages:
+        stage = pl_module.schedule.stage_at(epoch).index + 1
+        if not pl_module.schedule.is_stage_end(epoch) or stage >= len(pl_module.schedule):
             return
         start = time.perf_counter()
         difficulty = pl_module.generate_pseudo_labels(trainer.datamodule, stage)
@@ -61,8 +64,7 @@ class PseudoLabelRefresh(Callback):
         self._notify(trainer, pl_module, stage, difficulty)
 
     @staticmethod
-    def _notify(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, difficulty) -> None:
+    def _notify(trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int, difficulty: Tensor) -> None:
         for callback in trainer.callbacks:
-            hook = getattr(callback, "on_pseudo_labels", None)
-            if callable(hook):
-                hook(trainer, pl_module, stage, difficulty)
+            if isinstance(callback, PseudoLabelListener):
+                callback.on_pseudo_labels(trainer, pl_module, stage, difficulty)

@@ -7,6 +7,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from regframe.errors import RegframeInputError
+
 
 def difficulty_weights(difficulty: Tensor, spread: float = 5.0) -> Tensor:
     """Sampling weights from per-pair difficulties: rank pairs by ascending difficulty and give the
@@ -21,12 +23,18 @@ def difficulty_weights(difficulty: Tensor, spread: float = 5.0) -> Tensor:
 
 class DifficultyWeightedSampling(Callback):
     """Hand :func:`difficulty_weights` to ``datamodule.sampler_weights`` whenever pseudo labels are
-    refreshed (called by :class:`callbacks.pseudo_labels.PseudoLabelRefresh`). When all pairs are
-    equally difficult (e.g. no Adam in the refinement) sampling stays uniform. The datamodule
-    checkpoints its weights, so a resumed run samples as before."""
+    refreshed: a :class:`~regframe.stages.PseudoLabelListener` told by
+    :class:`callbacks.pseudo_labels.PseudoLabelRefresh`. When all pairs are equally difficult (e.g.
+    no Adam in the refinement) sampling stays uniform. The datamodule checkpoints its weights, so a
+    resumed run samples as before."""
 
     def __init__(self, spread: float = 5.0) -> None:
         self.spread = spread
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not hasattr(trainer.datamodule, "sampler_weights"):
+            raise RegframeInputError(f"DifficultyWeightedSampling needs a datamodule with sampler_weights; "
+                                     f"{type(trainer.datamodule).__name__} has none")
 
     def on_pseudo_labels(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: int,
                          difficulty: Tensor) -> None:

@@ -1,68 +1,50 @@
-"""Stage structure of self-training: stage boundaries, per-stage cosine warm restarts of the
-learning rate (step-wise), and a per-stage validation Dice table."""
+"""Stage bookkeeping of a staged module (:class:`regframe.stages.Staged`): the ``stage`` metric and
+a per-stage validation Dice table. The learning rate of each stage comes from the module's own
+scheduler (e.g. CST's ``CosineAnnealingWarmRestarts``), which Lightning steps and checkpoints."""
 
 from __future__ import annotations
-
-import math
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-
-def cosine_lr(position: float, lr_max: float, lr_min: float) -> float:
-    """Cosine annealing from ``lr_max`` (``position`` 0) to ``lr_min`` (``position`` 1)."""
-    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + math.cos(math.pi * min(max(position, 0.0), 1.0)))
+from regframe.errors import RegframeInputError
+from regframe.stages import Staged, require
 
 
 class SelfTrainingStages(Callback):
-    """Drive the stages of a self-training module.
+    """Follow the stages of a :class:`~regframe.stages.Staged` module.
 
-    The module defines ``stages``, ``epochs_per_stage``, ``stage_of_epoch(epoch)``,
-    ``is_stage_end(epoch)`` and a ``stage_dice`` dict. This callback
-
-    - sets ``trainer.fit_loop.max_epochs = stages * epochs_per_stage`` (the module's stage plan wins),
-    - sets the learning rate of every step from the global step alone, cosine from ``lr_max`` to
-      ``lr_min`` within each stage (a warm restart at every stage start), so a resumed run continues
-      at exactly the same position,
-    - records ``val/dice`` at each stage end and prints the per-stage table when fitting ends.
+    - checks that ``trainer.max_epochs`` equals the schedule's total (configs derive it from the
+      stage plan, e.g. ``${mul:${..model.init_args.stages},${..model.init_args.epochs_per_stage}}``),
+    - logs ``stage`` (1-based) and ``lr`` (of the first parameter group) at every step,
+    - records ``val/dice`` at each stage end in ``stage_dice`` and prints the per-stage table when
+      fitting ends (row 0: the module's result before training, if it recorded one).
     """
 
-    def __init__(self, lr_max: float = 1e-3, lr_min: float = 1e-5, print_table: bool = True) -> None:
-        self.lr_max = lr_max
-        self.lr_min = lr_min
+    def __init__(self, print_table: bool = True) -> None:
         self.print_table = print_table
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        planned = pl_module.stages * pl_module.epochs_per_stage
+        require(pl_module, Staged, type(self).__name__)
+        planned = pl_module.schedule.total_epochs
         if trainer.max_epochs != planned:
-            rank_zero_info(f"SelfTrainingStages: max_epochs set to {planned} "
-                           f"({pl_module.stages} stages x {pl_module.epochs_per_stage} epochs)")
-        trainer.fit_loop.max_epochs = planned
-
-    def steps_per_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-        batches = trainer.num_training_batches
-        if not isinstance(batches, int) or batches <= 0:
-            raise RuntimeError("SelfTrainingStages needs a finite number of training batches per epoch")
-        return pl_module.epochs_per_stage * batches
-
-    def lr_at(self, global_step: int, steps_per_stage: int) -> float:
-        return cosine_lr((global_step % steps_per_stage) / max(steps_per_stage - 1, 1), self.lr_max, self.lr_min)
+            raise RegframeInputError(
+                f"trainer.max_epochs={trainer.max_epochs} but the stage plan {pl_module.schedule} lasts "
+                f"{planned} epochs (set max_epochs to the plan's total or leave it derived from the model)")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        lr = self.lr_at(trainer.global_step, self.steps_per_stage(trainer, pl_module))
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        pl_module.log("lr", lr, on_step=True, on_epoch=False, batch_size=1)
+        stage = pl_module.schedule.stage_at(trainer.current_epoch)
+        pl_module.log("stage", float(stage.index + 1), on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if not pl_module.is_stage_end(epoch):
+        if not pl_module.schedule.is_stage_end(epoch):
             return
         dice = trainer.callback_metrics.get("val/dice")
         if dice is not None:
-            stage = pl_module.stage_of_epoch(epoch)
+            stage = pl_module.schedule.stage_at(epoch).index + 1
             pl_module.stage_dice[stage] = float(dice)
             rank_zero_info(f"stage {stage} done: val Dice {float(dice):.4f}")
 
@@ -72,7 +54,7 @@ class SelfTrainingStages(Callback):
 
 
 def stage_table(stage_dice: dict[int, float]) -> str:
-    """Markdown table of validation Dice per stage (stage 0 = random-feature pseudo labels)."""
+    """Markdown table of validation Dice per stage (stage 0 = before training, e.g. random features)."""
     lines = ["| stage | val Dice |", "|---|---|"]
     lines += [f"| {stage} | {dice:.4f} |" for stage, dice in sorted(stage_dice.items())]
     return "\n".join(lines)

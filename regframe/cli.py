@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback
@@ -20,13 +23,30 @@ from regframe.run_config import RunConfigCallback
 TOOLS = ("register", "evaluate", "data")
 
 
+def multiply(*factors: int | float) -> int | float:
+    """The ``${mul:a,b,...}`` resolver of experiment configs: the product of its arguments, e.g.
+    ``trainer.max_epochs: ${mul:${..model.init_args.stages},${..model.init_args.epochs_per_stage}}``."""
+    return math.prod(factors)
+
+
+OmegaConf.register_resolver("mul", multiply, replace=True, annotation_validation="error")
+
+
 class RegframeCLI(LightningCLI):
     """LightningCLI with regframe's defaults: any LightningModule / LightningDataModule by
-    ``class_path``, seed 0, a Rich progress bar, and a per-run config that never collides."""
+    ``class_path``, seed 0, a Rich progress bar, and a per-run config that never collides.
+
+    Configs may use OmegaConf interpolation (``${mul:a,b}``, ``${..model.init_args.stages}``); it is
+    resolved once, after all ``--config`` files and command-line overrides are merged (jsonargparse's
+    ``omegaconf+`` mode), so an overlay that changes ``stages`` also changes every value derived from
+    it. Paths are relative (``..`` = the config's top level), because under a subcommand the whole
+    config sits below ``fit.``/``validate.``/... when it is resolved.
+    """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         import_plugins()
         kwargs.setdefault("save_config_callback", RunConfigCallback)
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+"})
         super().__init__(
             pl.LightningModule,
             pl.LightningDataModule,
@@ -38,6 +58,16 @@ class RegframeCLI(LightningCLI):
             **kwargs,
         )
 
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does; an interpolation that cannot be resolved is a usage error
+        naming the option."""
+        try:
+            super().parse_arguments(parser, args)
+        except InterpolationResolutionError as err:
+            message = str(err).splitlines()[0]
+            parser.error(f"{err.full_key}: {message} (interpolation paths are relative: "
+                         "${..model.init_args.stages} in a trainer option)")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Add a Rich progress bar unless the config disables progress bars or brings its own."""

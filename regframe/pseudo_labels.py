@@ -10,6 +10,8 @@ A stage is written into a temporary file and renamed into place only when comple
 manifest is replaced the same way, so a crash never leaves a half-written current stage. Earlier
 stage files are kept (``keep`` of them), so a checkpoint that recorded an earlier stage still
 resumes with exactly the labels it trained on.
+
+:func:`generate_pseudo_labels` fills one stage of a store with an estimator's fields for every pair.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
+from regframe.spatial import resize_field
 
 MANIFEST = "manifest.json"
 
@@ -162,3 +165,48 @@ class PseudoLabelStore:
         if "difficulty" not in files:
             return None
         return torch.from_numpy(np.load(self.root / files["difficulty"]))
+
+
+@torch.no_grad()
+def generate_pseudo_labels(estimator: nn.Module, images: Sequence[Tensor], pairs: Sequence[tuple[int, int]],
+                           store: PseudoLabelStore, stage: int, output_shape: Sequence[int], batch: int = 1,
+                           device: torch.device | str | None = None) -> Tensor:
+    """Write ``estimator``'s field for every pair as ``stage`` of ``store`` and serve that stage.
+
+    Args:
+        estimator: run in eval mode (its mode is restored). With a ``refine(fixed, moving,
+            output_size) -> (before_adam, after_adam)`` method (the refined CST pipeline) the label is
+            ``after_adam``; otherwise it is ``estimator(fixed, moving)`` resized to ``output_shape``.
+        images: ``(1, *S)`` image of every subject; ``pairs``: ``(fixed, moving)`` indices into it,
+            row ``k`` of the store holds pair ``k``.
+        output_shape: the label grid ``S'`` (voxels of the fields are voxels of this grid).
+        batch: pairs per forward pass; ``device``: where to run (default: the estimator's).
+    Returns:
+        ``(len(pairs),)`` difficulty: the mean norm (label-grid voxels) of the change made by
+        ``refine``'s instance optimisation; all zero for an estimator without ``refine``.
+    """
+    if device is None:
+        device = next(estimator.parameters(), torch.empty(0)).device
+    size = tuple(int(n) for n in output_shape)
+    refine = getattr(estimator, "refine", None)
+    was_training = estimator.training
+    estimator.eval()
+    writer = store.begin_stage(stage)
+    difficulty = torch.zeros(len(pairs))
+    try:
+        for start in range(0, len(pairs), batch):
+            index = list(range(start, min(start + batch, len(pairs))))
+            fixed = torch.stack([images[pairs[i][0]] for i in index]).to(device)
+            moving = torch.stack([images[pairs[i][1]] for i in index]).to(device)
+            if callable(refine):
+                before, after = refine(fixed, moving, size)
+            else:
+                before = after = resize_field(estimator(fixed, moving).float(), size)
+            change = (after - before).norm(dim=1).flatten(1).mean(1)
+            writer.write(index, after, change)
+            difficulty[index] = change.cpu()
+        writer.commit()
+    finally:
+        estimator.train(was_training)
+    store.use_stage(stage)
+    return difficulty

@@ -9,11 +9,20 @@ which member is missing, instead of relying on undocumented duck typing.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+StageLRSchedulerCallable = Callable[[Optimizer, int], LRScheduler]
+"""A scheduler factory called with the optimiser and the optimiser steps per stage, e.g.
+``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`` (its ``T_0``: a warm restart at every
+stage start) given in YAML by ``class_path`` with ``init_args: {eta_min: ...}``."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,10 @@ class Stage:
     name: str
     start: int
     stop: int
+
+    @property
+    def epochs(self) -> int:
+        return self.stop - self.start
 
 
 class StageSchedule:
@@ -75,9 +88,26 @@ class StageSchedule:
         return "StageSchedule([" + ", ".join(f"({s.name!r}, {s.stop - s.start})" for s in self.stages) + "])"
 
 
+def optimizer_steps_per_epoch(trainer: Any) -> int:
+    """Optimiser steps in one training epoch (after ``limit_train_batches`` and
+    ``accumulate_grad_batches``), as Lightning will count them.
+
+    Usable in ``configure_optimizers``: it measures the datamodule's train dataloader without
+    handing it to the trainer, which would keep that loader (and its sampler weights) for the first
+    epochs instead of the one built after ``on_fit_start`` (e.g. after stage-0 pseudo labels)."""
+    batches = len(trainer.datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if batches < 1:
+        raise ValueError(f"a training epoch has no batches (limit_train_batches={limit})")
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
 @runtime_checkable
 class Staged(Protocol):
-    """A module whose training is divided into stages (``callbacks.stages``)."""
+    """A module whose training is divided into stages (``callbacks.stages``). ``stage_dice`` is
+    keyed by stage number: ``index + 1`` for the stages of ``schedule``, 0 for the result before
+    any training stage (e.g. CST's random-feature labels)."""
 
     schedule: StageSchedule
     stage_dice: dict[int, float]
@@ -86,7 +116,8 @@ class Staged(Protocol):
 @runtime_checkable
 class SelfTraining(Staged, Protocol):
     """A self-training module that learns from pseudo labels it regenerates at stage ends
-    (``callbacks.pseudo_labels.PseudoLabelRefresh``)."""
+    (``callbacks.pseudo_labels.PseudoLabelRefresh``): training stage ``t`` (``schedule`` index
+    ``t - 1``) learns from the labels of stage ``t - 1``; stage 0's come from a random estimator."""
 
     def open_pseudo_labels(self, trainer: Any) -> Any:
         """Create or reopen the pseudo-label store; returns it (``.served_stage``, ``.root``)."""
@@ -145,6 +176,6 @@ def require(module: Any, protocol: type, user: str) -> None:
     if isinstance(module, protocol):
         return
     members = [name for name in dir(protocol) if not name.startswith("_") and name not in ("register",)]
-    members += list(getattr(protocol, "__annotations__", {}))
+    members += [name for base in protocol.__mro__ for name in inspect.get_annotations(base)]
     missing = sorted({m for m in members if not hasattr(module, m)})
     raise TypeError(f"{user} needs a {protocol.__name__} module; {type(module).__name__} lacks {missing}")

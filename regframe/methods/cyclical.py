@@ -3,13 +3,16 @@
 ``f = h∘g`` (:class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`) is trained to
 reproduce pseudo-label fields; the pseudo labels come from the refined pipeline
 (:class:`~regframe.estimators.refine.RefinedEstimator`: ICE, second warp, Adam IO) of the previous
-stage's network, and at stage 0 of a randomly initialised network. Stages and their learning-rate
-restarts are driven by :class:`callbacks.stages.SelfTrainingStages`, label refreshes by
+stage's network, and at stage 0 of a randomly initialised network. The module is a
+:class:`~regframe.stages.SelfTraining` module: label refreshes are driven by
 :class:`callbacks.pseudo_labels.PseudoLabelRefresh`, weighted sampling by
-:class:`callbacks.sampling.DifficultyWeightedSampling`.
+:class:`callbacks.sampling.DifficultyWeightedSampling`, the per-stage Dice table by
+:class:`callbacks.stages.SelfTrainingStages`; the learning rate restarts at every stage start
+through the module's step-wise scheduler.
 
-Stage numbering: stage 0 = the random network's labels; training stage ``t = 1..stages`` covers
-epochs ``[(t-1) E, t E)`` with ``E = epochs_per_stage`` and learns from the labels of stage ``t-1``.
+Stage numbering: stage 0 = the random network's labels; training stage ``t = 1..stages``
+(``schedule`` index ``t - 1``) covers epochs ``[(t-1) E, t E)`` with ``E = epochs_per_stage`` and
+learns from the labels of stage ``t-1``.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from regframe import pseudo_labels
 from regframe.errors import RegframeInputError
 from regframe.estimators.refine import RefinedEstimator
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
 from regframe.pseudo_labels import MANIFEST, PseudoLabelStore
+from regframe.stages import StageLRSchedulerCallable, StageSchedule, optimizer_steps_per_epoch
 
 
 STAGE0_INITS = ("default", "kaiming")
@@ -58,6 +63,11 @@ class CyclicalSelfTraining(RegistrationModule):
     Args:
         estimator: the refined CST pipeline; ``estimator.base`` is trained, ``estimator`` (with its
             refinement settings) produces pseudo labels and validation/test fields.
+        optimizer: optimiser factory over the estimator's parameters; its ``lr`` is the top of
+            every stage's cosine (paper: Adam, 1e-3).
+        lr_scheduler: scheduler factory called with the optimiser and the optimiser steps per stage,
+            stepped every optimiser step (paper: ``CosineAnnealingWarmRestarts`` with ``eta_min``
+            1e-5, a warm restart at every stage start); ``None`` keeps the learning rate constant.
         stages: number of training stages ``T`` (paper: 8).
         epochs_per_stage: epochs per stage (paper: 1000 iterations; 190 pairs at batch 2 = 95
             iterations per epoch, so 11 epochs).
@@ -80,7 +90,7 @@ class CyclicalSelfTraining(RegistrationModule):
         self,
         estimator: RefinedEstimator | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler: StageLRSchedulerCallable | None = None,
         stages: int = 8,
         epochs_per_stage: int = 11,
         label_downsample: int = 2,
@@ -102,8 +112,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
         if stages < 1 or epochs_per_stage < 1:
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
-        self.stages = stages
-        self.epochs_per_stage = epochs_per_stage
+        self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
         self.label_downsample = label_downsample
         self.loss_crop = loss_crop
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
@@ -118,13 +127,16 @@ class CyclicalSelfTraining(RegistrationModule):
         self.stage_dice: dict[int, float] = {}
         self._resume: dict | None = None
 
-    # ------------------------------------------------------------------ stages
-    def stage_of_epoch(self, epoch: int) -> int:
-        """Training stage (1-based) that ``epoch`` belongs to."""
-        return epoch // self.epochs_per_stage + 1
-
-    def is_stage_end(self, epoch: int) -> bool:
-        return (epoch + 1) % self.epochs_per_stage == 0
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """The optimiser, and the scheduler built for the steps of one stage, stepped every
+        optimiser step (so Lightning checkpoints its position and a resumed run continues it)."""
+        optimizer = self.optimizer_factory(self.estimator.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        steps_per_stage = self.schedule.stages[0].epochs * optimizer_steps_per_epoch(self.trainer)
+        scheduler = self.lr_scheduler_factory(optimizer, steps_per_stage)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ pseudo labels
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -160,34 +172,16 @@ class CyclicalSelfTraining(RegistrationModule):
         _reinitialise(estimator, self.random_init_seed, self.stage0_init)
         return estimator
 
-    @torch.no_grad()
     def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: RefinedEstimator | None = None) -> Tensor:
-        """Run the refined pipeline (eval mode) over every training pair, store the fields at the
-        label resolution as ``stage`` and return the per-pair difficulty: the mean norm (voxels of the
-        label grid) of the change made by Adam IO."""
+        """Store the refined fields of ``estimator`` (default: the trained pipeline) for every
+        training pair as ``stage`` at the label resolution; return the per-pair difficulty (see
+        :func:`regframe.pseudo_labels.generate_pseudo_labels`)."""
         if self.store is None:
             raise RegframeInputError("pseudo-label store not opened (call open_pseudo_labels first)")
-        estimator = estimator if estimator is not None else self.estimator
-        was_training = estimator.training
-        estimator.eval()
-        writer = self.store.begin_stage(stage)
-        pairs = list(datamodule.train_pairs)
-        subjects = datamodule.train_subjects
-        difficulty = torch.zeros(len(pairs))
-        try:
-            for start in range(0, len(pairs), self.pseudo_label_batch):
-                index = list(range(start, min(start + self.pseudo_label_batch, len(pairs))))
-                fixed = torch.stack([subjects[pairs[i][0]]["image"] for i in index]).to(self.device)
-                moving = torch.stack([subjects[pairs[i][1]]["image"] for i in index]).to(self.device)
-                result = estimator.refine(fixed, moving, self.label_shape(tuple(fixed.shape[2:])))
-                change = (result.after_adam - result.before_adam).norm(dim=1).flatten(1).mean(1)
-                writer.write(index, result.after_adam, change)
-                difficulty[index] = change.cpu()
-            writer.commit()
-        finally:
-            estimator.train(was_training)
-        self.store.use_stage(stage)
-        return difficulty
+        images = [subject["image"] for subject in datamodule.train_subjects]
+        return pseudo_labels.generate_pseudo_labels(
+            estimator if estimator is not None else self.estimator, images, datamodule.train_pairs, self.store,
+            stage, self.label_shape(tuple(images[0].shape[1:])), self.pseudo_label_batch, self.device)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -205,7 +199,6 @@ class CyclicalSelfTraining(RegistrationModule):
         mm = (spacing * self.label_downsample).view(-1, dims, *([1] * dims))
         loss = end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
         self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
-        self.log("stage", float(self.stage_of_epoch(self.current_epoch)), batch_size=fixed.shape[0])
         return loss
 
     # ------------------------------------------------------------------ evaluation helpers

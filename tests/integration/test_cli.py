@@ -49,6 +49,36 @@ def test_experiment_config_parses(config, capsys):
     assert "model:" in printed and "class_path:" in printed
 
 
+def printed_trainer(capsys, *args: str) -> dict:
+    """The ``trainer`` section that ``regframe fit <args> --print_config`` prints."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)["trainer"]
+
+
+def test_trainer_epochs_follow_the_stage_plan(capsys):
+    """``max_epochs``, validation and dataloader reloads derive from the model's stage plan after
+    all configs and overrides are merged: the demo's 3 stages x 6 epochs give 18, not the paper's 88."""
+    paper = printed_trainer(capsys, "--config", str(EXPERIMENTS / "abdomen_cst.yaml"))
+    assert (paper["max_epochs"], paper["check_val_every_n_epoch"], paper["reload_dataloaders_every_n_epochs"]) == (88, 11, 11)
+    demo = ["--config", str(EXPERIMENTS / "abdomen_cst.yaml"), "--config", str(EXPERIMENTS / "demo.yaml")]
+    trainer = printed_trainer(capsys, *demo)
+    assert (trainer["max_epochs"], trainer["check_val_every_n_epoch"], trainer["reload_dataloaders_every_n_epochs"]) == (3 * 6, 6, 6)
+    trainer = printed_trainer(capsys, *demo, "--model.init_args.stages=5", "--model.init_args.epochs_per_stage=2")
+    assert (trainer["max_epochs"], trainer["check_val_every_n_epoch"]) == (10, 2)
+    assert printed_trainer(capsys, *demo, "--trainer.max_epochs=7")["max_epochs"] == 7  # an explicit value wins
+
+
+def test_unresolvable_interpolation_names_the_option(tmp_path, capsys):
+    overlay = tmp_path / "absolute.yaml"
+    overlay.write_text("trainer:\n  max_epochs: ${model.init_args.stages}\n")  # absolute: not found under fit.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXPERIMENTS / "abdomen_cst.yaml"), "--config", str(overlay), "--print_config"])
+    assert exit_info.value.code != 0
+    assert "fit.trainer.max_epochs: Interpolation key 'model.init_args.stages' not found" in capsys.readouterr().err
+
+
 def test_unknown_config_key_is_an_error(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  class_path: regframe.methods.base.RegistrationModule\n  init_args:\n"

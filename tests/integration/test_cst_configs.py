@@ -24,11 +24,16 @@ def test_cst_demo_config_runs_all_stages(tmp_path, capsys):
     args = ["fit", f"--config={ROOT / 'experiments' / 'abdomen_cst.yaml'}",
             f"--config={ROOT / 'experiments' / 'demo.yaml'}", *TINY_NET, *tiny_phantom(tmp_path),
             "--model.init_args.stages=2", "--model.init_args.epochs_per_stage=1", "--model.init_args.loss_crop=1",
-            f"--model.init_args.pseudo_label_dir={tmp_path / 'pl'}", "--trainer.check_val_every_n_epoch=1",
-            "--trainer.reload_dataloaders_every_n_epochs=1",
-            "--trainer.enable_model_summary=false"]
+            f"--model.init_args.pseudo_label_dir={tmp_path / 'pl'}", "--trainer.enable_model_summary=false"]
     cli = RegframeCLI(args=args)
+    # max_epochs, validation and reloads follow the overridden stage plan (2 x 1) without trainer overrides
+    assert (cli.trainer.max_epochs, cli.trainer.check_val_every_n_epoch) == (2, 1)
+    assert cli.trainer.reload_dataloaders_every_n_epochs == 1
     assert cli.trainer.current_epoch == 2
+    # the LR restarts every stage: 3 training pairs at batch 2 = 2 steps per (one-epoch) stage
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert (type(scheduler).__name__, scheduler.T_0, scheduler.eta_min, scheduler.base_lrs) == (
+        "CosineAnnealingWarmRestarts", 2, 1e-5, [1e-3])
     assert cli.model.store.stage == 1  # labels of stage 0 (random) and stage 1 (after the first stage)
     assert sorted(cli.model.stage_dice) == [0, 1, 2]
     assert cli.trainer.datamodule.sampler_weights is not None
