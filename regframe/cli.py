@@ -29,7 +29,13 @@ def multiply(*factors: int | float) -> int | float:
     return math.prod(factors)
 
 
+def add(*terms: int | float) -> int | float:
+    """The ``${add:a,b,...}`` resolver: the sum of its arguments (e.g. JRSS's stage plan)."""
+    return sum(terms)
+
+
 OmegaConf.register_resolver("mul", multiply, replace=True, annotation_validation="error")
+OmegaConf.register_resolver("add", add, replace=True, annotation_validation="error")
 
 
 class RegframeCLI(LightningCLI):
