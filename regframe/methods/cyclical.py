@@ -1,8 +1,8 @@
 """Cyclical self-training (CST; Bigalke et al., MICCAI 2023).
 
-``f = h∘g`` (:class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`) is trained to
-reproduce pseudo-label fields; the pseudo labels come from the refined pipeline
-(:class:`~regframe.estimators.refine.RefinedEstimator`: ICE, second warp, Adam IO) of the previous
+A network (by default ``f = h∘g``, :class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`)
+is trained to reproduce pseudo-label fields; the pseudo labels come from the full wrapped estimator
+(by default ``Refined(TwoStep(InverseConsistent(h∘g)))``: ICE, second warp, Adam IO) of the previous
 stage's network, and at stage 0 of a randomly initialised network. Stages and their learning-rate
 restarts are driven by :class:`callbacks.stages.SelfTrainingStages`, label refreshes by
 :class:`callbacks.pseudo_labels.PseudoLabelRefresh`, weighted sampling by
@@ -27,7 +27,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from regframe.errors import RegframeInputError
-from regframe.estimators.refine import RefinedEstimator
+from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.feature_convex import FeatureConvexEstimator
+from regframe.estimators.inverse_consistent import InverseConsistent
+from regframe.estimators.protocols import field_at, trained_network
+from regframe.estimators.refine import Refined
+from regframe.estimators.two_step import TwoStep
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
@@ -56,12 +61,17 @@ class CyclicalSelfTraining(RegistrationModule):
     """CST LightningModule.
 
     Args:
-        estimator: the refined CST pipeline; ``estimator.base`` is trained, ``estimator`` (with its
-            refinement settings) produces pseudo labels and validation/test fields.
+        estimator: any estimator with ``refine`` (:class:`~regframe.estimators.refine.Refined` around
+            the network, optionally with :class:`~regframe.estimators.two_step.TwoStep` and
+            :class:`~regframe.estimators.inverse_consistent.InverseConsistent` inside); the innermost
+            network (:func:`~regframe.estimators.protocols.trained_network`) is trained, the whole
+            estimator produces pseudo labels and validation/test fields. Default: CST's
+            ``Refined(TwoStep(InverseConsistent(h∘g)))``.
         stages: number of training stages ``T`` (paper: 8).
         epochs_per_stage: epochs per stage (paper: 1000 iterations; 190 pairs at batch 2 = 95
             iterations per epoch, so 11 epochs).
-        label_downsample: pseudo labels and the loss live on the image grid divided by this (2 = half).
+        label_resample_factor: pseudo labels and the loss live on the image grid resampled by this
+            factor (0.5 = half resolution).
         loss_crop: voxels of the label grid ignored at every border in the loss (paper: 8 at half res).
         augment: asymmetric random affine augmentation of the learning stream.
         sigma_fixed, sigma_moving_extra: its strengths (normalised-coordinate matrix entries).
@@ -78,12 +88,12 @@ class CyclicalSelfTraining(RegistrationModule):
 
     def __init__(
         self,
-        estimator: RefinedEstimator | None = None,
+        estimator: DisplacementEstimator | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         stages: int = 8,
         epochs_per_stage: int = 11,
-        label_downsample: int = 2,
+        label_resample_factor: float = 0.5,
         loss_crop: int = 8,
         augment: bool = True,
         sigma_fixed: float = 0.075,
@@ -96,7 +106,10 @@ class CyclicalSelfTraining(RegistrationModule):
         label_warp: str = "nearest",
         compute_hd95: bool = True,
     ) -> None:
-        estimator = estimator if estimator is not None else RefinedEstimator()
+        estimator = estimator if estimator is not None else Refined(TwoStep(InverseConsistent(FeatureConvexEstimator())))
+        if not callable(getattr(estimator, "refine", None)):
+            raise RegframeInputError(f"CyclicalSelfTraining: estimator {type(estimator).__name__} has no refine(); wrap it "
+                                     "in regframe.estimators.refine.Refined (io.iterations: 0 for no Adam)")
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
         from regframe.augment import PairAffineAugmentation
 
@@ -104,7 +117,7 @@ class CyclicalSelfTraining(RegistrationModule):
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
         self.stages = stages
         self.epochs_per_stage = epochs_per_stage
-        self.label_downsample = label_downsample
+        self.label_resample_factor = label_resample_factor
         self.loss_crop = loss_crop
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
         self.pseudo_label_dir = pseudo_label_dir
@@ -128,7 +141,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
     # ------------------------------------------------------------------ pseudo labels
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(n // self.label_downsample for n in image_shape)
+        return tuple(math.floor(n * self.label_resample_factor) for n in image_shape)
 
     def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
         """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
@@ -154,14 +167,14 @@ class CyclicalSelfTraining(RegistrationModule):
             self.store.use_stage(int(self._resume["stage"]))
         return self.store
 
-    def random_stage0_estimator(self) -> RefinedEstimator:
-        """A copy of the pipeline with a freshly random feature network (stage-0 labels)."""
+    def random_stage0_estimator(self) -> DisplacementEstimator:
+        """A copy of the whole estimator whose trained network is freshly random (stage-0 labels)."""
         estimator = copy.deepcopy(self.estimator)
-        _reinitialise(estimator, self.random_init_seed, self.stage0_init)
+        _reinitialise(trained_network(estimator), self.random_init_seed, self.stage0_init)
         return estimator
 
     @torch.no_grad()
-    def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: RefinedEstimator | None = None) -> Tensor:
+    def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: DisplacementEstimator | None = None) -> Tensor:
         """Run the refined pipeline (eval mode) over every training pair, store the fields at the
         label resolution as ``stage`` and return the per-pair difficulty: the mean norm (voxels of the
         label grid) of the change made by Adam IO."""
@@ -199,10 +212,10 @@ class CyclicalSelfTraining(RegistrationModule):
             fixed, moving, target = self.augmentation(fixed, moving, target)
         use_amp = self.amp and fixed.device.type == "cuda"
         with torch.autocast(device_type=fixed.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = self.estimator.base(fixed, moving, output_size=target.shape[2:])
+            pred = field_at(trained_network(self.estimator), fixed, moving, target.shape[2:])
         dims = fixed.dim() - 2
         spacing = batch["spacing"].to(pred) if "spacing" in batch else torch.ones(fixed.shape[0], dims, device=pred.device)
-        mm = (spacing * self.label_downsample).view(-1, dims, *([1] * dims))
+        mm = (spacing / self.label_resample_factor).view(-1, dims, *([1] * dims))
         loss = end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
         self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
         self.log("stage", float(self.stage_of_epoch(self.current_epoch)), batch_size=fixed.shape[0])
@@ -210,7 +223,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
     # ------------------------------------------------------------------ evaluation helpers
     @torch.no_grad()
-    def mean_val_dice(self, estimator: RefinedEstimator, dataloader: Any) -> float:
+    def mean_val_dice(self, estimator: DisplacementEstimator, dataloader: Any) -> float:
         """Mean Dice of ``estimator`` (eval mode) over a validation dataloader."""
         from regframe.metrics import pair_metrics
 
