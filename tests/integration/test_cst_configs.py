@@ -7,10 +7,11 @@ import pytest
 from regframe.cli import RegframeCLI
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_NET = ["--model.init_args.estimator.init_args.base.init_args.feature_net.init_args.channels=[4,8,8,8,8,8]",
-            "--model.init_args.estimator.init_args.base.init_args.radius=1",
-            "--model.init_args.estimator.init_args.adam_iterations=2",
-            "--model.init_args.estimator.init_args.ice_iterations=2",
+ICE = "--model.init_args.estimator.init_args.estimator.init_args.first.init_args"
+TINY_NET = [f"{ICE}.estimator.init_args.feature_net.init_args.channels=[4,8,8,8,8,8]",
+            f"{ICE}.estimator.init_args.radius=1",
+            f"{ICE}.iterations=2",
+            "--model.init_args.estimator.init_args.io.init_args.iterations=2",
             "--model.init_args.compute_hd95=false"]
 
 
