@@ -28,11 +28,8 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
-from regframe.estimators.feature_convex import FeatureConvexEstimator
-from regframe.estimators.inverse_consistent import InverseConsistent
+from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.protocols import field_at, trained_network
-from regframe.estimators.refine import Refined
-from regframe.estimators.two_step import TwoStep
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
@@ -66,7 +63,7 @@ class CyclicalSelfTraining(RegistrationModule):
             :class:`~regframe.estimators.inverse_consistent.InverseConsistent` inside); the innermost
             network (:func:`~regframe.estimators.protocols.trained_network`) is trained, the whole
             estimator produces pseudo labels and validation/test fields. Default: CST's
-            ``Refined(TwoStep(InverseConsistent(h∘g)))``.
+            ``Refined(TwoStep(InverseConsistent(h∘g)))`` (:func:`~regframe.estimators.cst_pipeline.cst_pipeline`).
         stages: number of training stages ``T`` (paper: 8).
         epochs_per_stage: epochs per stage (paper: 1000 iterations; 190 pairs at batch 2 = 95
             iterations per epoch, so 11 epochs).
@@ -106,7 +103,7 @@ class CyclicalSelfTraining(RegistrationModule):
         label_warp: str = "nearest",
         compute_hd95: bool = True,
     ) -> None:
-        estimator = estimator if estimator is not None else Refined(TwoStep(InverseConsistent(FeatureConvexEstimator())))
+        estimator = estimator if estimator is not None else cst_pipeline()
         if not callable(getattr(estimator, "refine", None)):
             raise RegframeInputError(f"CyclicalSelfTraining: estimator {type(estimator).__name__} has no refine(); wrap it "
                                      "in regframe.estimators.refine.Refined (io.iterations: 0 for no Adam)")
@@ -203,20 +200,27 @@ class CyclicalSelfTraining(RegistrationModule):
         return difficulty
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        if self.store is None:
-            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
-        fixed, moving = batch["fixed"], batch["moving"]
-        target = self.store.read(batch["pair_index"], device=fixed.device)
+    def pseudo_label_loss(self, fixed: Tensor, moving: Tensor, target: Tensor, spacing: Tensor | None = None) -> Tensor:
+        """CST's learning-stream loss: the asymmetric augmentation (if on), the trained network's field
+        on the label grid of ``target (B, D, *L)`` (voxels of that grid; bf16 autocast on CUDA with
+        ``amp``), and the mean end-point error in mm against ``target``, ignoring ``loss_crop`` voxels
+        at every border. ``spacing (B, D)``: mm per voxel of the image grid (default 1)."""
         if self.augmentation is not None:
             fixed, moving, target = self.augmentation(fixed, moving, target)
         use_amp = self.amp and fixed.device.type == "cuda"
         with torch.autocast(device_type=fixed.device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = field_at(trained_network(self.estimator), fixed, moving, target.shape[2:])
         dims = fixed.dim() - 2
-        spacing = batch["spacing"].to(pred) if "spacing" in batch else torch.ones(fixed.shape[0], dims, device=pred.device)
+        spacing = spacing.to(pred) if spacing is not None else torch.ones(fixed.shape[0], dims, device=pred.device)
         mm = (spacing / self.label_resample_factor).view(-1, dims, *([1] * dims))
-        loss = end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
+        return end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        if self.store is None:
+            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
+        fixed = batch["fixed"]
+        target = self.store.read(batch["pair_index"], device=fixed.device)
+        loss = self.pseudo_label_loss(fixed, batch["moving"], target, batch.get("spacing"))
         self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
         self.log("stage", float(self.stage_of_epoch(self.current_epoch)), batch_size=fixed.shape[0])
         return loss

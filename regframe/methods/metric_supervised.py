@@ -13,11 +13,8 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
-from regframe.estimators.feature_convex import FeatureConvexEstimator
-from regframe.estimators.inverse_consistent import InverseConsistent
+from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.protocols import field_at, trained_network
-from regframe.estimators.refine import Refined
-from regframe.estimators.two_step import TwoStep
 from regframe.losses import diffusion, local_ncc, mse
 from regframe.methods.base import RegistrationModule
 from regframe.spatial import resize_image, warp
@@ -45,7 +42,7 @@ class MetricSupervised(RegistrationModule):
                  ncc_kernel: int = 9, label_warp: str = "nearest", compute_hd95: bool = True) -> None:
         if similarity not in SIMILARITIES:
             raise RegframeInputError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        estimator = estimator if estimator is not None else Refined(TwoStep(InverseConsistent(FeatureConvexEstimator())))
+        estimator = estimator if estimator is not None else cst_pipeline()
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
         self.similarity = similarity
         self.smooth_weight = smooth_weight

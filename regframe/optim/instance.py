@@ -49,6 +49,11 @@ class InstanceOptimisation(nn.Module):
         self.smooth_weight = smooth_weight
         self.smooth_pools = smooth_pools
 
+    def with_iterations(self, iterations: int) -> "InstanceOptimisation":
+        """The same settings (and the same ``features`` module) with another number of iterations."""
+        return InstanceOptimisation(self.features, self.similarity, self.grid_spacing, iterations, self.lr,
+                                    self.data_weight, self.smooth_weight, self.smooth_pools)
+
     def forward(self, disp: Tensor, fixed_feat: Tensor, moving_feat: Tensor) -> Tensor:
         """Optimised field ``(B, D, *S)`` in voxels of the grid of ``disp`` (detached).
 
