@@ -3,6 +3,8 @@ per-pair inference time of each test-time refinement setting ({1, 2} warps x {no
 ICE on), and the paper schedule's wall time estimated from those figures (iterations plus one
 pseudo-label refresh per stage; validation not included). Random images of the requested size (default: Learn2Reg abdomen, 192x160x256);
 runs on CUDA when available, else CPU. Prints one table.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
     OMP_NUM_THREADS=2 python benchmarks/cst_speed.py                      # full size
     python benchmarks/cst_speed.py --shape 96 80 128 --train-iters 2     # half size, quicker

@@ -3,6 +3,8 @@ model's estimator under {1, 2} warps x {no Adam, Adam} (ICE on), plus the identi
 validation pairs of the run's data module. ``--networks trained random`` also evaluates the
 random stage-0 network (``CyclicalSelfTraining.random_stage0_estimator``, He init) under the same
 settings, i.e. what the training stages bought over the random features.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
     python benchmarks/cst_test_time_ablation.py --ckpt runs/cst_cpu/checkpoints/last.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_cpu.yaml [--max-pairs 15]

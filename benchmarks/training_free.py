@@ -13,6 +13,8 @@ skipped with a message. ``convex_adam_pt`` takes ``(H, W, D)`` arrays and return
 ``(H, W, D, 3)`` array whose channel ``i`` is the displacement along array axis ``i`` in voxels,
 a backward map (its Adam stage samples the moving features at ``x + u``): exactly regframe's
 convention after moving the channel axis first.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
 Example (full run, results appended to a JSON-lines log, table printed at the end)::
 

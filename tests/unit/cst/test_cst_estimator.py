@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from regframe.errors import RegframeInputError
+from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.feature_convex import FeatureConvexEstimator
 from regframe.estimators.inverse_consistent import InverseConsistent
 from regframe.estimators.protocols import field_at, trained_network
@@ -50,9 +51,9 @@ def frozen_cst_refinement(base, fixed, moving, output_size, warps, ice, ice_iter
     return before, resize_field(after, output_size)
 
 
-def cst_pipeline(base, warps, ice, adam_iterations):
-    step = InverseConsistent(base, iterations=15) if ice else base
-    return Refined(TwoStep(step) if warps == 2 else step, InstanceOptimisation(iterations=adam_iterations))
+def wrapped(base, warps, ice, adam_iterations):
+    """The new composition: Refined(TwoStep(InverseConsistent(base))) with the parts switched on or off."""
+    return cst_pipeline(base, warps, 15 if ice else 0, InstanceOptimisation(iterations=adam_iterations))
 
 
 def test_cnn_strides_and_io_features():
@@ -88,7 +89,7 @@ def test_wrapped_pipeline_matches_the_frozen_cst_refinement(warps, ice, adam_ite
     moving = torch.roll(fixed, (4, 0, -4), dims=(2, 3, 4))
     with torch.no_grad():
         expected = frozen_cst_refinement(base, fixed, moving, (16, 16, 20), warps, ice, adam_iterations=adam_iterations)
-    result = cst_pipeline(base, warps, ice, adam_iterations).refine(fixed, moving, output_size=(16, 16, 20))
+    result = wrapped(base, warps, ice, adam_iterations).refine(fixed, moving, output_size=(16, 16, 20))
     assert expected[1].abs().max() > 1.0  # a field that moves, so the comparison means something
     torch.testing.assert_close(result.before_adam, expected[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(result.after_adam, expected[1], atol=1e-5, rtol=0)
@@ -97,7 +98,7 @@ def test_wrapped_pipeline_matches_the_frozen_cst_refinement(warps, ice, adam_ite
 def test_wrappers_share_the_trained_network_and_adam_changes_the_field():
     torch.manual_seed(0)
     base = FeatureConvexEstimator(small_net(), radius=1)
-    refined = cst_pipeline(base, warps=2, ice=True, adam_iterations=3).eval()
+    refined = wrapped(base, warps=2, ice=True, adam_iterations=3).eval()
     assert trained_network(refined) is base
     fixed, moving = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
     result = refined.refine(fixed, moving, output_size=(8, 8, 8))
@@ -139,7 +140,7 @@ def test_stage0_network_is_he_initialised_and_moves():
     images = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
     sizes = {}
     for init in ("default", "kaiming"):
-        module = CyclicalSelfTraining(cst_pipeline(FeatureConvexEstimator(small_net(), radius=1), 2, True, 0),
+        module = CyclicalSelfTraining(wrapped(FeatureConvexEstimator(small_net(), radius=1), 2, True, 0),
                                       stage0_init=init)
         random = module.random_stage0_estimator().eval()
         conv = trained_network(random).feature_net.late[1][0].weight
