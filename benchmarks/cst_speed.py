@@ -3,6 +3,8 @@ per-pair inference time of each test-time refinement setting ({1, 2} warps x {no
 ICE on), and the paper schedule's wall time estimated from those figures (iterations plus one
 pseudo-label refresh per stage; validation not included). Random images of the requested size (default: Learn2Reg abdomen, 192x160x256);
 runs on CUDA when available, else CPU. Prints one table.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
     OMP_NUM_THREADS=2 python benchmarks/cst_speed.py                      # full size
     python benchmarks/cst_speed.py --shape 96 80 128 --train-iters 2     # half size, quicker
@@ -12,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from regframe.estimators.cst_pipeline import cst_pipeline
+from regframe.estimators.protocols import trained_network
+from regframe.methods.cyclical import CyclicalSelfTraining
+from regframe.optim.instance import InstanceOptimisation
 
-from regframe.augment import PairAffineAugmentation  # noqa: E402
-from regframe.estimators.refine import RefinedEstimator  # noqa: E402
-from regframe.losses import end_point_error  # noqa: E402
-
-SETTINGS = [("1 warp, no Adam", dict(warps=1, adam_iterations=0)), ("1 warp + Adam", dict(warps=1)),
-            ("2 warps, no Adam", dict(warps=2, adam_iterations=0)), ("2 warps + Adam", dict(warps=2))]
+SETTINGS = [("1 warp, no Adam", dict(warps=1, adam=False)), ("1 warp + Adam", dict(warps=1, adam=True)),
+            ("2 warps, no Adam", dict(warps=2, adam=False)), ("2 warps + Adam", dict(warps=2, adam=True))]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -54,25 +52,24 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    estimator = RefinedEstimator(adam_iterations=args.adam_iters).to(device)
+    io = InstanceOptimisation(iterations=args.adam_iters)
+    module = CyclicalSelfTraining(cst_pipeline(io=io), label_resample_factor=0.5, loss_crop=8).to(device)
+    network = trained_network(module.estimator)
     shape = tuple(args.shape)
     half = tuple(n // 2 for n in shape)
     rows = []
 
-    # learning stream: augmentation + h∘g at half-resolution output + EPE loss, Adam step
-    optimiser = torch.optim.Adam(estimator.base.parameters(), lr=1e-3)
-    augment = PairAffineAugmentation()
+    # learning stream: CST's loss (augmentation + h∘g at half-resolution output + EPE), Adam step
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
     fixed, moving = torch.rand(args.batch, 1, *shape, device=device), torch.rand(args.batch, 1, *shape, device=device)
     target = torch.randn(args.batch, 3, *half, device=device)
-    estimator.train()
+    spacing = torch.full((args.batch, 3), 2.0, device=device)  # 2 mm images, 4 mm labels
+    module.train()
     timings = []
     for _ in range(args.train_iters + 1):  # the first iteration is warm-up
         sync(device)
         start = time.perf_counter()
-        f, m, t = augment(fixed, moving, target)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred = estimator.base(f, m, output_size=half)
-        loss = end_point_error(pred.float(), t, spacing=(4.0, 4.0, 4.0), crop=8)
+        loss = module.pseudo_label_loss(fixed, moving, target, spacing)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -82,11 +79,11 @@ def main() -> None:
     rows.append((f"training, batch {args.batch}", f"{1 / per_iter:.3f} it/s ({per_iter:.2f} s/it)",
                  f"{peak_memory_mb(device):.0f}"))
 
-    estimator.eval()
+    module.eval()
     pair = fixed[:1], moving[:1]
     inference_seconds = {}
     for name, settings in SETTINGS:
-        variant = estimator.with_settings(**settings)
+        variant = cst_pipeline(network, settings["warps"], io=io.with_iterations(args.adam_iters if settings["adam"] else 0))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         variant(*pair)  # warm-up

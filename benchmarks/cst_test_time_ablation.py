@@ -3,6 +3,8 @@ model's estimator under {1, 2} warps x {no Adam, Adam} (ICE on), plus the identi
 validation pairs of the run's data module. ``--networks trained random`` also evaluates the
 random stage-0 network (``CyclicalSelfTraining.random_stage0_estimator``, He init) under the same
 settings, i.e. what the training stages bought over the random features.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
     python benchmarks/cst_test_time_ablation.py --ckpt runs/cst_cpu/checkpoints/last.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_cpu.yaml [--max-pairs 15]
@@ -13,20 +15,25 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from regframe.cli import RegframeCLI
+from regframe.estimators.cst_pipeline import cst_pipeline
+from regframe.estimators.inverse_consistent import InverseConsistent
+from regframe.estimators.protocols import trained_network, unwrapped
+from regframe.metrics import pair_metrics
 
-from regframe.cli import RegframeCLI  # noqa: E402
-from regframe.metrics import pair_metrics  # noqa: E402
+SETTINGS = [("1 warp, no Adam", dict(warps=1, adam=False)), ("1 warp + Adam", dict(warps=1, adam=True)),
+            ("2 warps, no Adam", dict(warps=2, adam=False)), ("2 warps + Adam", dict(warps=2, adam=True))]
 
-SETTINGS = [("1 warp, no Adam", dict(warps=1, adam_iterations=0)), ("1 warp + Adam", dict(warps=1)),
-            ("2 warps, no Adam", dict(warps=2, adam_iterations=0)), ("2 warps + Adam", dict(warps=2))]
+
+def variant(estimator: torch.nn.Module, warps: int, adam_iterations: int) -> torch.nn.Module:
+    """The CST pipeline around ``estimator``'s trained network with ``warps`` and ``adam_iterations``,
+    keeping the config's ICE iterations and the other IO settings."""
+    ice = [m.iterations for m in unwrapped(estimator) if isinstance(m, InverseConsistent)]
+    return cst_pipeline(trained_network(estimator), warps, ice[0] if ice else 0, estimator.io.with_iterations(adam_iterations))
 
 
 def main() -> None:
@@ -40,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     cli = RegframeCLI(args=[f"--config={c}" for c in args.config] + ["--trainer.logger=false"], run=False)
     model, data = cli.model, cli.datamodule
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(state)
     model.eval()
     data.setup("validate")
@@ -50,7 +57,7 @@ def main() -> None:
                 for network in args.networks}
     variants = [("identity", None)] + [
         (f"{network}: {name}" if len(args.networks) > 1 else name,
-         estimator.with_settings(**{"adam_iterations": args.adam_iterations, **settings}))
+         variant(estimator, settings["warps"], args.adam_iterations if settings["adam"] else 0))
         for network, estimator in networks.items() for name, settings in SETTINGS]
     for name, estimator in variants:
         dice, sdlogj, seconds = [], [], []

@@ -13,6 +13,8 @@ skipped with a message. ``convex_adam_pt`` takes ``(H, W, D)`` arrays and return
 ``(H, W, D, 3)`` array whose channel ``i`` is the displacement along array axis ``i`` in voxels,
 a backward map (its Adam stage samples the moving features at ``x + u``): exactly regframe's
 convention after moving the channel axis first.
+Uses regframe's public API: run from the repository root with this checkout installed
+(``pip install -e .``) or on ``PYTHONPATH=.``.
 
 Example (full run, results appended to a JSON-lines log, table printed at the end)::
 
@@ -26,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -36,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's regframe, not an installed copy
-
 from regframe.estimators.registry import TRAINING_FREE
 from regframe.io import read_image, read_label
+from regframe.learn2reg import load_dataset_json
 from regframe.metrics import pair_metrics
+
+REPO = Path(__file__).resolve().parents[1]
 
 Method = Callable[[Tensor, Tensor], Tensor]
 
@@ -66,23 +67,22 @@ def published_convex_adam() -> Method | None:
 
 
 def embedding_method(checkpoint: Path) -> Method:
-    """SAMConvex pyramid with the embedding trained by ``AnatomicalEmbeddingPretraining``."""
-    from regframe.methods.discrete_pyramid import load_samconvex_estimator
+    """SAMConvex pyramid with the embedding trained by ``AnatomicalEmbeddingPretraining``, on raw
+    images: the pre-training's intensity map first, images pooled to its resolution."""
+    from regframe.features.embedding import PretrainedEmbedding
+    from regframe.methods.samconvex import samconvex_pyramid
 
-    estimator, intensity = load_samconvex_estimator(checkpoint)
-    return lambda fixed, moving: estimator(intensity(fixed), intensity(moving))
+    features = PretrainedEmbedding(str(checkpoint))
+    prep = features.preprocessing
+    estimator = samconvex_pyramid(features, image_resample_factor=prep.resample_factor)
+    return lambda fixed, moving: estimator(prep.intensity(fixed), prep.intensity(moving))
 
 
 def abdomen_pairs(root: Path, limit: int | None) -> list[dict]:
-    task = root / "AbdomenCTCT_synth"
-    spec = json.loads((task / "AbdomenCTCT_dataset.json").read_text())
-    pairs = []
-    for entry in spec["registration_val"][:limit]:
-        pairs.append({"dataset": "abdomen", "id": f"{Path(entry['fixed']).name[12:16]}<-{Path(entry['moving']).name[12:16]}",
-                      "fixed": task / entry["fixed"], "moving": task / entry["moving"],
-                      "fixed_label": task / entry["fixed"].replace("imagesTr", "labelsTr"),
-                      "moving_label": task / entry["moving"].replace("imagesTr", "labelsTr"), "labels": None})
-    return pairs
+    spec = load_dataset_json(root / "AbdomenCTCT_synth" / "AbdomenCTCT_dataset.json")
+    return [{"dataset": "abdomen", "id": f"{pair.fixed.id}<-{pair.moving.id}", "fixed": pair.fixed.image,
+             "moving": pair.moving.image, "fixed_label": pair.fixed.label, "moving_label": pair.moving.label,
+             "labels": None} for pair in spec.registration_val[:limit]]
 
 
 def brain_pair(root: Path) -> list[dict]:

@@ -15,19 +15,21 @@ from __future__ import annotations
 from torch import nn
 
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
+from regframe.estimators.refine import Refined
 from regframe.features.mind import MINDSSC
+from regframe.optim.instance import InstanceOptimisation
 
 
-class ConvexAdamEstimator(CorrelationPyramidEstimator):
-    """Single-level :class:`CorrelationPyramidEstimator` with ConvexAdam's published defaults."""
-
-    def __init__(self, features: nn.Module | None = None, mind_radius: int = 1, mind_dilation: int = 2,
-                 grid_spacing: int = 6, search_radius: int = 4, ice: bool = True, adam_iterations: int = 80,
-                 adam_grid_spacing: int = 2, adam_lr: float = 1.0, adam_smooth_weight: float = 1.25,
-                 slab_size: int | None = 16) -> None:
-        super().__init__(
-            features=features if features is not None else MINDSSC(mind_radius, mind_dilation),
-            grid_spacing=grid_spacing, levels=(1,), radii=(search_radius,), metric="ssd", box_filters=2,
-            smooth_iters=1, schedule=CONVEX_SCHEDULE, ice=ice, adam_iterations=adam_iterations,
-            adam_grid_spacing=adam_grid_spacing, adam_lr=adam_lr, adam_smooth_weight=adam_smooth_weight,
-            adam_data_weight=12.0, adam_data_term="ssd", slab_size=slab_size)
+def convex_adam(features: nn.Module | None = None, mind_radius: int = 1, mind_dilation: int = 2,
+                grid_spacing: int = 6, search_radius: int = 4, ice: bool = True, io_iterations: int = 80,
+                slab_size: int | None = 16) -> Refined:
+    """ConvexAdam with its published defaults: a single-level :class:`CorrelationPyramidEstimator`
+    (``features`` default MIND-SSC with ``mind_radius``/``mind_dilation``) inside
+    :class:`~regframe.estimators.refine.Refined` with ``io_iterations`` of Adam IO on the pyramid's
+    features pooled by 2 (lr 1, data weight 12, smooth weight 1.25, three box filters)."""
+    pyramid = CorrelationPyramidEstimator(
+        features=features if features is not None else MINDSSC(mind_radius, mind_dilation),
+        grid_spacing=grid_spacing, levels=(1,), radii=(search_radius,), metric="ssd", box_filters=2,
+        smooth_iters=1, schedule=CONVEX_SCHEDULE, ice=ice, slab_size=slab_size)
+    return Refined(pyramid, InstanceOptimisation(similarity="ssd", grid_spacing=2, iterations=io_iterations, lr=1.0,
+                                                 data_weight=12.0, smooth_weight=1.25, smooth_pools=3))

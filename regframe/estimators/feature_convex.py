@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.features.cnn import CSTFeatureNet
 from regframe.optim.convex import soft_coupled_convex
@@ -22,7 +23,9 @@ class FeatureConvexEstimator(DisplacementEstimator):
     chain (x2 + two k3 box filters, twice, then linear) to the requested grid.
 
     The feature network may run under autocast (AMP); the correlation and optimiser always run in
-    float32. Fully differentiable.
+    float32. Fully differentiable. Implements the wrappers' protocols
+    (:mod:`regframe.estimators.protocols`): ``coarse_fields``/``upsample`` (inverse consistency on the
+    feature grid) and ``io_features`` (the feature network's IO head, when it has one).
     """
 
     def __init__(self, feature_net: nn.Module | None = None, radius: int = 2, metric: str = "sad",
@@ -49,7 +52,10 @@ class FeatureConvexEstimator(DisplacementEstimator):
             return soft_coupled_convex(cost, offsets, self.schedule, self.temperature, self.smooth_iters)
 
     def pair_features(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor]:
-        """Correlation features of both images, computed in one batch (shared BatchNorm statistics)."""
+        """Correlation features of both images: in training mode in one batch (shared BatchNorm
+        statistics), in eval mode each image on its own (the same values, no concatenated copy)."""
+        if not self.training:
+            return self.feature_net(fixed), self.feature_net(moving)
         feats = self.feature_net(torch.cat([fixed, moving], dim=0))
         return feats[: fixed.shape[0]], feats[fixed.shape[0]:]
 
@@ -57,7 +63,23 @@ class FeatureConvexEstimator(DisplacementEstimator):
         """Field on the feature grid, in its voxels."""
         return self.coarse_from_features(*self.pair_features(fixed, moving))
 
+    def coarse_fields(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward and backward fields ``(B, D, *G)`` on the feature grid from one feature pass."""
+        fixed_feat, moving_feat = self.pair_features(fixed, moving)
+        return self.coarse_from_features(fixed_feat, moving_feat), self.coarse_from_features(moving_feat, fixed_feat)
+
+    def upsample(self, field: Tensor, size: Sequence[int]) -> Tensor:
+        """The CST upsampling chain from the feature grid to ``size``."""
+        return upsample_field(field, size)
+
+    def io_features(self, image: Tensor) -> Tensor:
+        """Instance-optimisation features ``(B, io_channels, *G)`` from ``feature_net.io_features``."""
+        if not hasattr(self.feature_net, "io_features"):
+            raise RegframeInputError(f"feature_net {type(self.feature_net).__name__} has no io_features head; "
+                                     "give InstanceOptimisation a features module instead")
+        return self.feature_net.io_features(image)
+
     def forward(self, fixed: Tensor, moving: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         """Field ``(B, D, *output_size)`` (default: the input grid) in voxels of that grid."""
         size = tuple(output_size) if output_size is not None else tuple(fixed.shape[2:])
-        return upsample_field(self.coarse(fixed, moving), size)
+        return self.upsample(self.coarse(fixed, moving), size)

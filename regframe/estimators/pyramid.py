@@ -5,9 +5,10 @@ of the warped image are computed and average-pooled to the level's grid, a cost 
 small search radius is built against the fixed features, the hard coupled convex optimisation
 picks a smooth displacement ``d`` on that grid, and the total field becomes
 ``u = d + u∘(id + d)`` (:func:`regframe.spatial.compose`). Optionally the step is made inverse
-consistent (ICE) and the final field is refined by Adam instance optimisation (IO) on the
-features. The feature extractor is injected: MIND-SSC, a learned embedding, or any module mapping
-``(B, 1, *S) -> (B, C, *S')``.
+consistent (ICE). Adam instance optimisation goes around the pyramid
+(``Refined(pyramid, InstanceOptimisation(...))``), on the pyramid's features (``io_features``) unless
+the IO has its own. The feature extractor is injected: MIND-SSC, a learned embedding, or any module
+mapping ``(B, 1, *S) -> (B, C, *S')``.
 """
 
 from __future__ import annotations
@@ -15,26 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.features.mind import MINDSSC
-from regframe.optim.adam import adam_instance_optimisation
 from regframe.optim.consistency import inverse_consistent
 from regframe.optim.convex import hard_coupled_convex
 from regframe.optim.correlation import cost_volume, displacement_offsets
+from regframe.optim.smoothing import pool
 from regframe.spatial import compose, resize_field, warp
 
 CONVEX_SCHEDULE = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-
-
-def pool(x: Tensor, factor: int) -> Tensor:
-    """Average-pool ``(B, C, *S)`` by ``factor`` (kernel = stride = factor; 2D or 3D); 1 = unchanged."""
-    if factor == 1:
-        return x
-    return (F.avg_pool3d if x.dim() == 5 else F.avg_pool2d)(x, factor, stride=factor, ceil_mode=True)
 
 
 class CorrelationPyramidEstimator(DisplacementEstimator):
@@ -42,8 +35,8 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
 
     Args:
         features: feature extractor ``(B, 1, *S) -> (B, C, *S')``; default MIND-SSC (r 1, d 2).
-        image_downsample: images are average-pooled by this factor before feature extraction
-            (cheaper learned features on CPU); 1 = full resolution.
+        image_resample_factor: images are average-pooled to this resolution factor before feature
+            extraction (0.5 = half; cheaper learned features on CPU); ``1 / factor`` must be an integer.
         grid_spacing: the features are pooled by this factor to form the finest level's grid
             (ConvexAdam 6).
         levels: pooling factor of each level relative to that finest grid, coarsest first
@@ -55,28 +48,25 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         smooth_iters: box filters of the field after each convex round (SAMConvex 3, ConvexAdam 1).
         schedule: coupling weights of the hard convex optimisation (voxel units).
         ice: make each level's step inverse consistent with the reverse problem (15 iterations).
-        adam_iterations: Adam IO iterations after the pyramid (0 = none).
-        adam_grid_spacing: IO grid = features pooled by this factor (independent of ``grid_spacing``;
-            ConvexAdam 2).
-        adam_lr, adam_smooth_weight, adam_data_weight, adam_data_term: IO settings
-            (see :func:`regframe.optim.adam.adam_instance_optimisation`).
         slab_size: axis-0 slab (voxels of the level grid) for the cost volume and convex search.
         recompute_features: at each finer level compute the features of the warped moving image
             (SAMConvex); ``False`` warps the moving features instead (one extraction per image,
             much cheaper for expensive extractors).
     """
 
-    def __init__(self, features: nn.Module | None = None, image_downsample: int = 1, grid_spacing: int = 2,
+    def __init__(self, features: nn.Module | None = None, image_resample_factor: float = 1.0, grid_spacing: int = 2,
                  levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3), metric: str = "ssd",
                  box_filters: int = 1, smooth_iters: int = 1, schedule: Sequence[float] = CONVEX_SCHEDULE,
-                 ice: bool = False, adam_iterations: int = 0, adam_grid_spacing: int = 2, adam_lr: float = 1.0,
-                 adam_smooth_weight: float = 1.25, adam_data_weight: float = 12.0, adam_data_term: str = "ssd",
-                 slab_size: int | None = 16, recompute_features: bool = True) -> None:
+                 ice: bool = False, slab_size: int | None = 16, recompute_features: bool = True) -> None:
         super().__init__()
         if len(levels) != len(radii) or not levels:
             raise RegframeInputError(f"levels {tuple(levels)} and radii {tuple(radii)} must be non-empty and of equal length")
+        image_pooling = round(1.0 / image_resample_factor) if image_resample_factor > 0 else 0
+        if image_pooling < 1 or abs(image_pooling * image_resample_factor - 1.0) > 1e-6:
+            raise RegframeInputError(f"image_resample_factor must be 1/n for an integer n >= 1, got {image_resample_factor}")
         self.features = features if features is not None else MINDSSC()
-        self.image_downsample = image_downsample
+        self.image_resample_factor = image_resample_factor
+        self.image_pooling = image_pooling
         self.grid_spacing = grid_spacing
         self.levels = tuple(int(v) for v in levels)
         self.radii = tuple(int(v) for v in radii)
@@ -85,18 +75,16 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         self.smooth_iters = smooth_iters
         self.schedule = tuple(schedule)
         self.ice = ice
-        self.adam_iterations = adam_iterations
-        self.adam_grid_spacing = adam_grid_spacing
-        self.adam_lr = adam_lr
-        self.adam_smooth_weight = adam_smooth_weight
-        self.adam_data_weight = adam_data_weight
-        self.adam_data_term = adam_data_term
         self.slab_size = slab_size
         self.recompute_features = recompute_features
 
     def extract(self, image: Tensor) -> Tensor:
-        """Features of ``image (B, 1, *S)`` pooled by ``image_downsample`` (before ``grid_spacing``)."""
-        return self.features(pool(image, self.image_downsample))
+        """Features of ``image (B, 1, *S)`` pooled to ``image_resample_factor`` (before ``grid_spacing``)."""
+        return self.features(pool(image, self.image_pooling))
+
+    def io_features(self, image: Tensor) -> Tensor:
+        """The pyramid's features (:meth:`extract`) serve instance optimisation."""
+        return self.extract(image)
 
     def _level_step(self, fixed_feat: Tensor, moving_feat: Tensor, radius: int) -> Tensor:
         """Convex-optimised displacement ``(B, D, *G)`` in voxels of the level grid ``G``."""
@@ -130,21 +118,15 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
             spacing = self.grid_spacing * factor
             step = self._level_step(pool(fixed_feat, spacing), pool(warped_feat, spacing), radius)
             disp = compose(disp, resize_field(step, shape))
-        if self.adam_iterations > 0:
-            disp = adam_instance_optimisation(
-                disp, pool(fixed_feat, self.adam_grid_spacing), pool(moving_feat, self.adam_grid_spacing),
-                iterations=self.adam_iterations, lr=self.adam_lr, data_weight=self.adam_data_weight,
-                smooth_weight=self.adam_smooth_weight, data_term=self.adam_data_term)
         return disp
 
 
-def mind_pyramid(adam_iterations: int = 20, smooth_iters: int = 2) -> CorrelationPyramidEstimator:
+def mind_pyramid(smooth_iters: int = 2) -> CorrelationPyramidEstimator:
     """CPU-fast pyramid on MIND-SSC (ConvexAdam's r 1, d 2 on the full-resolution image, extracted
     once per image; finer levels warp the moving features). Levels on grids of 8, 4 and 2 image
     voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 = 34 voxels per axis), SSD cost
-    box-filtered twice, ``smooth_iters`` box filters per convex round, then
-    ``adam_iterations`` of Adam IO on the 2-voxel grid (lr 1, λ 1.25, ConvexAdam's data term)."""
+    box-filtered twice, ``smooth_iters`` box filters per convex round. The registry's
+    ``pyramid_mind`` adds 20 Adam IO iterations on the 2-voxel grid around it."""
     return CorrelationPyramidEstimator(
         features=MINDSSC(radius=1, dilation=2), grid_spacing=2, levels=(4, 2, 1), radii=(3, 2, 1), metric="ssd",
-        box_filters=2, smooth_iters=smooth_iters, recompute_features=False, adam_iterations=adam_iterations,
-        adam_grid_spacing=2)
+        box_filters=2, smooth_iters=smooth_iters, recompute_features=False)

@@ -19,21 +19,23 @@ def _affine() -> DisplacementEstimator:
 
 
 def _convex_adam() -> DisplacementEstimator:
-    from regframe.estimators.convex_adam import ConvexAdamEstimator
+    from regframe.estimators.convex_adam import convex_adam
 
-    return ConvexAdamEstimator()
+    return convex_adam()
 
 
 def _pyramid_mind() -> DisplacementEstimator:
     from regframe.estimators.pyramid import mind_pyramid
+    from regframe.estimators.refine import Refined
+    from regframe.optim.instance import InstanceOptimisation
 
-    return mind_pyramid()
+    return Refined(mind_pyramid(), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25))
 
 
 def _pyramid_mind_fast() -> DisplacementEstimator:
     from regframe.estimators.pyramid import mind_pyramid
 
-    return mind_pyramid(adam_iterations=0)
+    return mind_pyramid()
 
 
 TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {

@@ -56,14 +56,21 @@ class UNetRegressor(DisplacementEstimator):
         self.backbone = backbone if backbone is not None else default_unet(spatial_dims)
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.head = conv(backbone_channels, spatial_dims, kernel_size=3, padding=1)
-        nn.init.normal_(self.head.weight, std=init_std)
-        nn.init.zeros_(self.head.bias)
+        self.init_std = init_std
+        self.reset_parameters()
         self.size_divisible = size_divisible
         self.integrate: nn.Module | None = None
         if integration_steps > 0:
             with warnings.catch_warnings():  # MONAI announces its fallback to torch's grid_sample
                 warnings.simplefilter("ignore", UserWarning)
                 self.integrate = DVF2DDF(num_steps=integration_steps, mode="bilinear", padding_mode="border")
+
+    def reset_parameters(self) -> None:
+        """Near-zero final convolution (weights ``N(0, init_std)``, zero bias): an almost-identity map.
+        Module-wide re-initialisations (e.g. CST's random stage-0 copy) reset children first, so
+        this keeps a freshly random regressor close to the identity."""
+        nn.init.normal_(self.head.weight, std=self.init_std)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
         """Displacement ``(B, D, *S)`` in voxels (backward map on the fixed grid)."""

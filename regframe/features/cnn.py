@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -16,13 +15,6 @@ def he_initialise(conv: nn.Module) -> None:
     nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
-
-
-class CSTFeatures(NamedTuple):
-    """Outputs of :class:`CSTFeatureNet` for one image batch."""
-
-    coarse: Tensor  # (B, out_channels, *S/8): input of the correlation layer
-    fine: Tensor  # (B, io_channels, *S/2): features for Adam instance optimisation
 
 
 class CSTFeatureNet(nn.Module):
@@ -81,7 +73,6 @@ class CSTFeatureNet(nn.Module):
         """Correlation features ``(B, out_channels, *S/8)``."""
         return self.head(self.late(self.early(image)))
 
-    def features(self, image: Tensor) -> CSTFeatures:
-        """Both outputs at once: stride-8 correlation features and stride-2 IO features."""
-        early = self.early(image)
-        return CSTFeatures(self.head(self.late(early)), self.io_head(early))
+    def io_features(self, image: Tensor) -> Tensor:
+        """Stride-2 instance-optimisation features ``(B, io_channels, *S/2)`` (first two blocks only)."""
+        return self.io_head(self.early(image))

@@ -9,15 +9,20 @@ feature pyramid (FPN) decoder. Two heads, each L2-normalised over channels:
 ``forward`` returns the concatenation ``[local, upsampled global]`` at half resolution, so the
 module is a drop-in ``(B, 1, *S) -> (B, C, *S/2)`` feature extractor for the correlation pyramid.
 Widths default to CPU-sized values; the paper's model is ResNet-18 with 128 + 128 channels.
+:class:`PretrainedEmbedding` loads a trained one from an ``AnatomicalEmbeddingPretraining`` checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from regframe.errors import RegframeInputError
+from regframe.preprocess import Preprocessing
 
 
 class _ResidualBlock(nn.Module):
@@ -88,3 +93,41 @@ class AnatomicalEmbedding(nn.Module):
         local, coarse = self.embed(image)
         coarse = F.normalize(F.interpolate(coarse, size=local.shape[2:], mode="trilinear", align_corners=False), dim=1)
         return torch.cat([local, coarse], dim=1)
+
+
+def load_embedding(checkpoint: str | Path) -> tuple[AnatomicalEmbedding, Preprocessing]:
+    """The trained embedding (eval mode) of an ``AnatomicalEmbeddingPretraining`` checkpoint and the
+    preprocessing of its pre-training data (intensity map, resampling). Loaded with ``weights_only``."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise RegframeInputError(f"embedding checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RegframeInputError(f"{path}: cannot read the embedding checkpoint ({type(err).__name__}: {err})") from err
+    if "hyper_parameters" not in state or "state_dict" not in state:
+        raise RegframeInputError(f"{path} is not a Lightning checkpoint of AnatomicalEmbeddingPretraining")
+    hp = state["hyper_parameters"]
+    embedding = AnatomicalEmbedding(hp["widths"], hp["fpn_width"], hp["local_dim"], hp["global_dim"])
+    weights = {k[len("embedding."):]: v for k, v in state["state_dict"].items() if k.startswith("embedding.")}
+    embedding.load_state_dict(weights)
+    return embedding.eval(), Preprocessing.from_dict(state.get("datamodule_hyper_parameters"))
+
+
+class PretrainedEmbedding(nn.Module):
+    """A frozen :class:`AnatomicalEmbedding` read from ``checkpoint`` (an
+    ``AnatomicalEmbeddingPretraining`` checkpoint): ``(B, 1, *S) -> (B, local+global, *S/2)``.
+
+    ``preprocessing`` is what the pre-training data went through; images given to this module must
+    have had the same intensity map, and the resolution its ``resample_factor`` gave.
+    """
+
+    def __init__(self, checkpoint: str) -> None:
+        super().__init__()
+        self.embedding, self.preprocessing = load_embedding(checkpoint)
+        for parameter in self.embedding.parameters():
+            parameter.requires_grad_(False)
+        self.out_channels = self.embedding.out_channels
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.embedding(image)

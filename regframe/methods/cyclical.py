@@ -1,8 +1,8 @@
 """Cyclical self-training (CST; Bigalke et al., MICCAI 2023).
 
-``f = h∘g`` (:class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`) is trained to
-reproduce pseudo-label fields; the pseudo labels come from the refined pipeline
-(:class:`~regframe.estimators.refine.RefinedEstimator`: ICE, second warp, Adam IO) of the previous
+A network (by default ``f = h∘g``, :class:`~regframe.estimators.feature_convex.FeatureConvexEstimator`)
+is trained to reproduce pseudo-label fields; the pseudo labels come from the full wrapped estimator
+(by default ``Refined(TwoStep(InverseConsistent(h∘g)))``: ICE, second warp, Adam IO) of the previous
 stage's network, and at stage 0 of a randomly initialised network. The module is a
 :class:`~regframe.stages.SelfTraining` module: label refreshes are driven by
 :class:`callbacks.pseudo_labels.PseudoLabelRefresh`, weighted sampling by
@@ -31,7 +31,9 @@ from torch import Tensor
 
 from regframe import pseudo_labels
 from regframe.errors import RegframeInputError
-from regframe.estimators.refine import RefinedEstimator
+from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.cst_pipeline import cst_pipeline
+from regframe.estimators.protocols import field_at, trained_network
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
@@ -61,8 +63,12 @@ class CyclicalSelfTraining(RegistrationModule):
     """CST LightningModule.
 
     Args:
-        estimator: the refined CST pipeline; ``estimator.base`` is trained, ``estimator`` (with its
-            refinement settings) produces pseudo labels and validation/test fields.
+        estimator: any estimator with ``refine`` (:class:`~regframe.estimators.refine.Refined` around
+            the network, optionally with :class:`~regframe.estimators.two_step.TwoStep` and
+            :class:`~regframe.estimators.inverse_consistent.InverseConsistent` inside); the innermost
+            network (:func:`~regframe.estimators.protocols.trained_network`) is trained, the whole
+            estimator produces pseudo labels and validation/test fields. Default: CST's
+            ``Refined(TwoStep(InverseConsistent(h∘g)))`` (:func:`~regframe.estimators.cst_pipeline.cst_pipeline`).
         optimizer: optimiser factory over the estimator's parameters; its ``lr`` is the top of
             every stage's cosine (paper: Adam, 1e-3).
         lr_scheduler: scheduler factory called with the optimiser and the optimiser steps per stage,
@@ -71,7 +77,8 @@ class CyclicalSelfTraining(RegistrationModule):
         stages: number of training stages ``T`` (paper: 8).
         epochs_per_stage: epochs per stage (paper: 1000 iterations; 190 pairs at batch 2 = 95
             iterations per epoch, so 11 epochs).
-        label_downsample: pseudo labels and the loss live on the image grid divided by this (2 = half).
+        label_resample_factor: pseudo labels and the loss live on the image grid resampled by this
+            factor (0.5 = half resolution).
         loss_crop: voxels of the label grid ignored at every border in the loss (paper: 8 at half res).
         augment: asymmetric random affine augmentation of the learning stream.
         sigma_fixed, sigma_moving_extra: its strengths (normalised-coordinate matrix entries).
@@ -88,12 +95,12 @@ class CyclicalSelfTraining(RegistrationModule):
 
     def __init__(
         self,
-        estimator: RefinedEstimator | None = None,
+        estimator: DisplacementEstimator | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: StageLRSchedulerCallable | None = None,
         stages: int = 8,
         epochs_per_stage: int = 11,
-        label_downsample: int = 2,
+        label_resample_factor: float = 0.5,
         loss_crop: int = 8,
         augment: bool = True,
         sigma_fixed: float = 0.075,
@@ -106,14 +113,17 @@ class CyclicalSelfTraining(RegistrationModule):
         label_warp: str = "nearest",
         compute_hd95: bool = True,
     ) -> None:
-        estimator = estimator if estimator is not None else RefinedEstimator()
+        estimator = estimator if estimator is not None else cst_pipeline()
+        if not callable(getattr(estimator, "refine", None)):
+            raise RegframeInputError(f"CyclicalSelfTraining: estimator {type(estimator).__name__} has no refine(); wrap it "
+                                     "in regframe.estimators.refine.Refined (io.iterations: 0 for no Adam)")
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
         from regframe.augment import PairAffineAugmentation
 
         if stages < 1 or epochs_per_stage < 1:
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
         self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
-        self.label_downsample = label_downsample
+        self.label_resample_factor = label_resample_factor
         self.loss_crop = loss_crop
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
         self.pseudo_label_dir = pseudo_label_dir
@@ -140,7 +150,7 @@ class CyclicalSelfTraining(RegistrationModule):
 
     # ------------------------------------------------------------------ pseudo labels
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(n // self.label_downsample for n in image_shape)
+        return tuple(math.floor(n * self.label_resample_factor) for n in image_shape)
 
     def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
         """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
@@ -166,13 +176,13 @@ class CyclicalSelfTraining(RegistrationModule):
             self.store.use_stage(int(self._resume["stage"]))
         return self.store
 
-    def random_stage0_estimator(self) -> RefinedEstimator:
-        """A copy of the pipeline with a freshly random feature network (stage-0 labels)."""
+    def random_stage0_estimator(self) -> DisplacementEstimator:
+        """A copy of the whole estimator whose trained network is freshly random (stage-0 labels)."""
         estimator = copy.deepcopy(self.estimator)
-        _reinitialise(estimator, self.random_init_seed, self.stage0_init)
+        _reinitialise(trained_network(estimator), self.random_init_seed, self.stage0_init)
         return estimator
 
-    def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: RefinedEstimator | None = None) -> Tensor:
+    def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: DisplacementEstimator | None = None) -> Tensor:
         """Store the refined fields of ``estimator`` (default: the trained pipeline) for every
         training pair as ``stage`` at the label resolution; return the per-pair difficulty (see
         :func:`regframe.pseudo_labels.generate_pseudo_labels`)."""
@@ -184,26 +194,33 @@ class CyclicalSelfTraining(RegistrationModule):
             stage, self.label_shape(tuple(images[0].shape[1:])), self.pseudo_label_batch, self.device)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        if self.store is None:
-            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
-        fixed, moving = batch["fixed"], batch["moving"]
-        target = self.store.read(batch["pair_index"], device=fixed.device)
+    def pseudo_label_loss(self, fixed: Tensor, moving: Tensor, target: Tensor, spacing: Tensor | None = None) -> Tensor:
+        """CST's learning-stream loss: the asymmetric augmentation (if on), the trained network's field
+        on the label grid of ``target (B, D, *L)`` (voxels of that grid; bf16 autocast on CUDA with
+        ``amp``), and the mean end-point error in mm against ``target``, ignoring ``loss_crop`` voxels
+        at every border. ``spacing (B, D)``: mm per voxel of the image grid (default 1)."""
         if self.augmentation is not None:
             fixed, moving, target = self.augmentation(fixed, moving, target)
         use_amp = self.amp and fixed.device.type == "cuda"
         with torch.autocast(device_type=fixed.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = self.estimator.base(fixed, moving, output_size=target.shape[2:])
+            pred = field_at(trained_network(self.estimator), fixed, moving, target.shape[2:])
         dims = fixed.dim() - 2
-        spacing = batch["spacing"].to(pred) if "spacing" in batch else torch.ones(fixed.shape[0], dims, device=pred.device)
-        mm = (spacing * self.label_downsample).view(-1, dims, *([1] * dims))
-        loss = end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
+        spacing = spacing.to(pred) if spacing is not None else torch.ones(fixed.shape[0], dims, device=pred.device)
+        mm = (spacing / self.label_resample_factor).view(-1, dims, *([1] * dims))
+        return end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        if self.store is None:
+            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
+        fixed = batch["fixed"]
+        target = self.store.read(batch["pair_index"], device=fixed.device)
+        loss = self.pseudo_label_loss(fixed, batch["moving"], target, batch.get("spacing"))
         self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
         return loss
 
     # ------------------------------------------------------------------ evaluation helpers
     @torch.no_grad()
-    def mean_val_dice(self, estimator: RefinedEstimator, dataloader: Any) -> float:
+    def mean_val_dice(self, estimator: DisplacementEstimator, dataloader: Any) -> float:
         """Mean Dice of ``estimator`` (eval mode) over a validation dataloader."""
         from regframe.metrics import pair_metrics
 

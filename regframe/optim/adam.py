@@ -17,16 +17,14 @@ def _data_cost(fixed_feat: Tensor, warped: Tensor, data_term: str) -> Tensor:
     return -torch.nn.functional.cosine_similarity(fixed_feat, warped, dim=1).mean()
 
 
-def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_feat: Tensor, grid_spacing: int = 2,
-                               iterations: int = 50, lr: float = 1.0, data_weight: float = 12.0,
+def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_feat: Tensor, iterations: int = 50, lr: float = 1.0, data_weight: float = 12.0,
                                smooth_weight: float = 0.65, data_term: str = "ssd", smooth_pools: int = 3,
                                adam_eps: float = 1e-8, return_grid: bool = False) -> Tensor:
     """Fine-tune a field with Adam against fixed and moving features; not differentiable.
 
     ``disp_init (B, D, *S)`` in voxels of its own grid ``S`` (normally the image grid).
-    ``fixed_feat`` and ``moving_feat`` ``(B, C, *G)`` are on the optimisation grid ``G``, normally
-    ``S / grid_spacing`` (``grid_spacing`` documents that relation; the grid actually used is the
-    features' grid). The parameter is the field on ``G`` in voxels of ``G``, initialised from
+    ``fixed_feat`` and ``moving_feat`` ``(B, C, *G)`` are on the optimisation grid ``G`` (coarser
+    than or equal to ``S``). The parameter is the field on ``G`` in voxels of ``G``, initialised from
     ``disp_init``. Each iteration it is box-filtered ``smooth_pools`` times, the moving features are
     sampled at ``x + u`` and the loss is
     ``data_weight * data(fixed, warped) + smooth_weight * sum_axes mean(forward difference^2)``, with
@@ -39,8 +37,6 @@ def adam_instance_optimisation(disp_init: Tensor, fixed_feat: Tensor, moving_fea
         raise ValueError(f"data_term must be one of {DATA_TERMS}, got {data_term!r}")
     if fixed_feat.shape != moving_feat.shape:
         raise ValueError(f"fixed {tuple(fixed_feat.shape)} and moving {tuple(moving_feat.shape)} features differ in shape")
-    if grid_spacing <= 0:
-        raise ValueError(f"grid_spacing must be positive, got {grid_spacing}")
     grid = fixed_feat.shape[2:]
     with torch.inference_mode(False), torch.enable_grad():
         fixed_feat, moving_feat = fixed_feat.detach().float().clone(), moving_feat.detach().float().clone()

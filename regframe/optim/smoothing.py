@@ -1,4 +1,4 @@
-"""Box filtering of dense maps (cost volumes, displacement fields), 1D/2D/3D."""
+"""Box filtering and average pooling of dense maps (features, cost volumes, displacement fields), 1D/2D/3D."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ def box_filter(x: Tensor, times: int = 1, kernel_size: int = 3) -> Tensor:
         for axis, count in counts.items():
             x = _box_along(x, axis, kernel_size, count)
     return x
+
+
+def pool(x: Tensor, factor: int) -> Tensor:
+    """Average-pool ``(B, C, *S)`` by ``factor`` (kernel = stride = factor, a partial last window
+    averages what it covers; 2D or 3D); 1 returns ``x`` unchanged."""
+    if factor == 1:
+        return x
+    return (F.avg_pool3d if x.dim() == 5 else F.avg_pool2d)(x, factor, stride=factor, ceil_mode=True)

@@ -7,10 +7,11 @@ import pytest
 from regframe.cli import RegframeCLI
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_NET = ["--model.init_args.estimator.init_args.base.init_args.feature_net.init_args.channels=[4,8,8,8,8,8]",
-            "--model.init_args.estimator.init_args.base.init_args.radius=1",
-            "--model.init_args.estimator.init_args.adam_iterations=2",
-            "--model.init_args.estimator.init_args.ice_iterations=2",
+ICE = "--model.init_args.estimator.init_args.estimator.init_args.first.init_args"
+TINY_NET = [f"{ICE}.estimator.init_args.feature_net.init_args.channels=[4,8,8,8,8,8]",
+            f"{ICE}.estimator.init_args.radius=1",
+            f"{ICE}.iterations=2",
+            "--model.init_args.estimator.init_args.io.init_args.iterations=2",
             "--model.init_args.compute_hd95=false"]
 
 
@@ -50,3 +51,42 @@ def test_metric_supervised_configs(tmp_path, config):
             "--trainer.enable_model_summary=false"]
     cli = RegframeCLI(args=args)
     assert cli.trainer.current_epoch == 1 and "val/dice" in cli.trainer.callback_metrics
+
+
+def _one_stage(tmp_path: Path, backbone: str, *overrides: str) -> RegframeCLI:
+    args = ["fit", f"--config={ROOT / 'experiments' / 'abdomen_cst.yaml'}",
+            f"--config={ROOT / 'experiments' / 'demo.yaml'}", f"--config={ROOT / 'experiments' / 'backbones' / backbone}",
+            *overrides, "--model.init_args.estimator.init_args.io.init_args.iterations=2",
+            "--model.init_args.compute_hd95=false", *tiny_phantom(tmp_path), "--model.init_args.stages=1",
+            "--model.init_args.epochs_per_stage=1", "--model.init_args.loss_crop=1",
+            f"--model.init_args.pseudo_label_dir={tmp_path / 'pl'}", "--trainer.check_val_every_n_epoch=1",
+            "--trainer.reload_dataloaders_every_n_epochs=1", "--trainer.logger=false",
+            "--trainer.enable_model_summary=false"]
+    return RegframeCLI(args=args)
+
+
+def test_cst_with_monai_feature_network(tmp_path):
+    from monai.networks.nets import BasicUNet
+
+    from regframe.estimators.protocols import trained_network
+
+    cli = _one_stage(tmp_path, "cst_monai_features.yaml",
+                     f"{ICE}.estimator.init_args.feature_net.init_args.network.init_args.features=[4,4,8,8,8,4]",
+                     f"{ICE}.estimator.init_args.radius=1", f"{ICE}.iterations=2")
+    network = trained_network(cli.model.estimator)
+    assert isinstance(network.feature_net.network, BasicUNet)
+    assert cli.trainer.current_epoch == 1 and sorted(cli.model.stage_dice) == [0, 1]
+    labels = cli.model.store.read(range(3))
+    assert labels.shape == (3, 3, 16, 16, 16) and labels.abs().max() > 0  # half-resolution stage-0 labels that move
+
+
+def test_cst_with_unet_regressor_and_mind_io(tmp_path):
+    from regframe.estimators.protocols import trained_network
+    from regframe.estimators.unet_regressor import UNetRegressor
+    from regframe.features.mind import MINDSSC
+
+    cli = _one_stage(tmp_path, "cst_unet_regressor.yaml")
+    assert isinstance(trained_network(cli.model.estimator), UNetRegressor)
+    assert isinstance(cli.model.estimator.io.features, MINDSSC)
+    assert cli.trainer.current_epoch == 1 and sorted(cli.model.stage_dice) == [0, 1]
+    assert cli.model.store.read(range(3)).abs().max() > 0  # the random regressor is ~identity: IO moved the labels

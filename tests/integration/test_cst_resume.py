@@ -15,8 +15,11 @@ from callbacks.sampling import DifficultyWeightedSampling
 from callbacks.stages import SelfTrainingStages
 from data_modules.phantom import PhantomDataModule
 from regframe.estimators.feature_convex import FeatureConvexEstimator
-from regframe.estimators.refine import RefinedEstimator
+from regframe.estimators.inverse_consistent import InverseConsistent
+from regframe.estimators.refine import Refined
+from regframe.estimators.two_step import TwoStep
 from regframe.features.cnn import CSTFeatureNet
+from regframe.optim.instance import InstanceOptimisation
 from regframe.methods.cyclical import CyclicalSelfTraining
 from regframe.pseudo_labels import PseudoLabelStore
 
@@ -42,7 +45,8 @@ def make_run(tmp_path, max_steps, probe):
     data = PhantomDataModule(root=str(tmp_path / "phantom"), subjects=5, shape=(32, 32, 32), spacing=12.0,
                              val_subjects=2, batch_size=2, val_max_pairs=1)
     net = CSTFeatureNet(channels=(4, 8, 8, 8, 8, 8), out_channels=4, io_channels=4)
-    estimator = RefinedEstimator(FeatureConvexEstimator(net, radius=1), adam_iterations=2, ice_iterations=2)
+    estimator = Refined(TwoStep(InverseConsistent(FeatureConvexEstimator(net, radius=1), iterations=2)),
+                        InstanceOptimisation(iterations=2))
     model = CyclicalSelfTraining(estimator, optimizer=partial(torch.optim.Adam, lr=1e-3),
                                  lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingWarmRestarts, eta_min=1e-5),
                                  stages=2, epochs_per_stage=2, loss_crop=1, compute_hd95=False,

@@ -25,7 +25,8 @@ def test_embedding_pretraining_then_samconvex_validation(tmp_path, monkeypatch):
     assert checkpoint.is_file()
 
     cli = RegframeCLI(args=["validate", "--config", str(EXPERIMENTS / "abdomen_samconvex.yaml"), *_phantom_data(tmp_path),
-                            "--model.init_args.compute_hd95", "false", "--model.init_args.radii", "[1, 2, 2]"])
+                            "--model.init_args.compute_hd95", "false",
+                            "--model.init_args.estimator.init_args.radii", "[1, 2, 2]"])
     finish_wandb_run()
     metrics = cli.trainer.callback_metrics
     assert 0.0 <= float(metrics["val/dice"]) <= 1.0 and "val/fold_pct" in metrics

@@ -6,9 +6,12 @@ import math
 
 import torch
 
-from regframe.features.embedding import AnatomicalEmbedding
+import pytest
+
+from regframe.errors import RegframeInputError
+from regframe.features.embedding import AnatomicalEmbedding, PretrainedEmbedding
 from regframe.losses_contrastive import pixel_infonce
-from regframe.methods.discrete_pyramid import AnatomicalEmbeddingPretraining, load_embedding, samconvex_pyramid
+from regframe.methods.samconvex import AnatomicalEmbeddingPretraining, samconvex_pyramid
 
 SMALL = dict(widths=(4, 6, 8), fpn_width=6, local_dim=5, global_dim=3)
 
@@ -56,11 +59,14 @@ def test_checkpoint_round_trip_builds_a_working_estimator(tmp_path):
     module = AnatomicalEmbeddingPretraining(**SMALL)
     path = tmp_path / "emb.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "datamodule_hyper_parameters": {"resample_factor": 0.5}}, path)
-    embedding, data_hp = load_embedding(path)
-    assert data_hp["resample_factor"] == 0.5
-    for a, b in zip(embedding.parameters(), module.embedding.parameters()):
-        assert torch.equal(a, b)
-    estimator = samconvex_pyramid(embedding, levels=(2, 1), radii=(1, 1))
+                "datamodule_hyper_parameters": {"resample_factor": 0.5, "clamp": [-1.0, 1.0], "scale": 2.0}}, path)
+    features = PretrainedEmbedding(str(path))
+    assert features.preprocessing.resample_factor == 0.5
+    assert features.preprocessing.intensity(torch.tensor([3.0, 0.25])).tolist() == [2.0, 0.5]
+    for a, b in zip(features.embedding.parameters(), module.embedding.parameters()):
+        assert torch.equal(a, b) and not a.requires_grad
+    estimator = samconvex_pyramid(features, levels=(2, 1), radii=(1, 1))
     image = torch.randn(1, 1, 16, 16, 16)
     assert estimator(image, image.roll(1, 2)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(RegframeInputError, match="does not exist"):
+        PretrainedEmbedding(str(tmp_path / "missing.ckpt"))

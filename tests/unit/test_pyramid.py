@@ -1,4 +1,5 @@
-"""Correlation pyramid and ConvexAdam-style estimators on tiny volumes with known answers."""
+"""Correlation pyramid and ConvexAdam-style estimators (with Adam IO through ``Refined``) on tiny
+volumes with known answers."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import pytest
 import torch
 
 from regframe.errors import RegframeInputError
-from regframe.estimators.convex_adam import ConvexAdamEstimator
-from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid, pool
+from regframe.estimators.convex_adam import convex_adam
+from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid
+from regframe.estimators.refine import Refined
 from regframe.estimators.registry import build_training_free
 from regframe.features.mind import MINDSSC
+from regframe.optim.adam import adam_instance_optimisation
+from regframe.optim.instance import InstanceOptimisation
+from regframe.optim.smoothing import pool
 from regframe.spatial import warp
 
 
@@ -33,9 +38,9 @@ def test_pyramid_recovers_a_translation_beyond_the_finest_radius(blob_volume, sh
 def test_pyramid_in_2d_with_ice_and_adam(blob_volume):
     fixed = blob_volume[:, :, 10]
     moving = torch.roll(fixed, shifts=(2, -2), dims=(2, 3))
-    estimator = CorrelationPyramidEstimator(features=MINDSSC(1, 1), grid_spacing=1, levels=(2, 1), radii=(2, 2),
-                                            ice=True, adam_iterations=5, adam_grid_spacing=1)
-    disp = estimator(fixed, moving)
+    pyramid = CorrelationPyramidEstimator(features=MINDSSC(1, 1), grid_spacing=1, levels=(2, 1), radii=(2, 2),
+                                          ice=True)
+    disp = Refined(pyramid, InstanceOptimisation(iterations=5, smooth_weight=1.25))(fixed, moving)
     assert disp.shape == (1, 2, 24, 22)
     before = (fixed - moving).abs().mean()
     after = (fixed - warp(moving, disp)).abs().mean()
@@ -53,9 +58,24 @@ def test_neg_dot_metric_with_an_injected_feature_module(blob_volume):
     assert _interior(disp)[:, :2].mean() > 1.0
 
 
+def test_refined_pyramid_is_the_pyramid_then_adam_on_its_pooled_features(blob_volume):
+    """Refined(pyramid, io) = the IO kernel started from the pyramid's field on the pyramid's own
+    features pooled by io.grid_spacing (what the pyramid's built-in IO used to do)."""
+    moving = torch.roll(blob_volume, shifts=(2, -1, 1), dims=(2, 3, 4))
+    pyramid = CorrelationPyramidEstimator(features=MINDSSC(1, 1), grid_spacing=2, levels=(1,), radii=(2,))
+    refined = Refined(pyramid, InstanceOptimisation(grid_spacing=2, iterations=4, smooth_weight=1.25))
+    with torch.no_grad():
+        start = pyramid(blob_volume, moving)
+        expected = adam_instance_optimisation(start, pool(pyramid.extract(blob_volume), 2),
+                                              pool(pyramid.extract(moving), 2), iterations=4, lr=1.0,
+                                              data_weight=12.0, smooth_weight=1.25)
+    torch.testing.assert_close(refined(blob_volume, moving), expected, atol=0, rtol=0)
+    assert (expected - start).abs().max() > 0
+
+
 def test_convex_adam_estimator_improves_alignment(blob_volume):
     moving = torch.roll(blob_volume, shifts=(2, -1, 1), dims=(2, 3, 4))
-    estimator = ConvexAdamEstimator(mind_dilation=1, grid_spacing=2, search_radius=2, adam_iterations=10)
+    estimator = convex_adam(mind_dilation=1, grid_spacing=2, search_radius=2, io_iterations=10)
     disp = estimator(blob_volume, moving)
     before = (blob_volume - moving).pow(2).mean()
     after = (blob_volume - warp(moving, disp)).pow(2).mean()
@@ -63,14 +83,21 @@ def test_convex_adam_estimator_improves_alignment(blob_volume):
 
 
 def test_registry_has_the_training_free_methods():
-    assert isinstance(build_training_free("convex_adam"), ConvexAdamEstimator)
-    assert isinstance(build_training_free("pyramid_mind"), CorrelationPyramidEstimator)
-    assert mind_pyramid().levels == (4, 2, 1) and build_training_free("pyramid_mind_fast").adam_iterations == 0
+    convex = build_training_free("convex_adam")
+    assert isinstance(convex, Refined) and convex.io.iterations == 80 and convex.estimator.levels == (1,)
+    with_io = build_training_free("pyramid_mind")
+    assert isinstance(with_io, Refined) and with_io.io.iterations == 20 and with_io.io.grid_spacing == 2
+    assert isinstance(build_training_free("pyramid_mind_fast"), CorrelationPyramidEstimator)
+    assert mind_pyramid().levels == (4, 2, 1)
 
 
 def test_pool_and_bad_configuration():
     assert pool(torch.ones(1, 2, 9, 8, 7), 2).shape == (1, 2, 5, 4, 4)
     with pytest.raises(RegframeInputError, match="levels"):
         CorrelationPyramidEstimator(levels=(2, 1), radii=(2,))
+    with pytest.raises(RegframeInputError, match="image_resample_factor"):
+        CorrelationPyramidEstimator(image_resample_factor=0.4)
+    with pytest.raises(RegframeInputError, match="similarity"):
+        InstanceOptimisation(similarity="ncc")
     with pytest.raises(RegframeInputError, match="share a grid"):
         CorrelationPyramidEstimator()(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 6))

@@ -6,24 +6,25 @@ Two LightningModules:
   scan of a training batch (``fixed`` and ``moving`` alike) gives two augmented, overlapping crops;
   a pixel-wise InfoNCE loss (temperature 0.5, hard negatives) pulls together the embeddings of the
   same physical point, for the local (fine) and the global (coarse) head.
-- :class:`SAMConvex` is a ``RegistrationModule`` whose estimator is the training-free
-  :class:`~regframe.estimators.pyramid.CorrelationPyramidEstimator` on that embedding (cost =
-  negative dot product). It has nothing to train: ``fit`` only validates; ``validate`` runs the
-  full registration and logs the usual metrics.
+- :class:`SAMConvex` is a ``RegistrationModule`` whose estimator comes from the config: the
+  training-free :class:`~regframe.estimators.pyramid.CorrelationPyramidEstimator` on that embedding
+  (:class:`~regframe.features.embedding.PretrainedEmbedding`; cost = negative dot product). It has
+  nothing to train: ``fit`` only validates; ``validate`` runs the full registration and logs the
+  usual metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
+from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
 from regframe.features.embedding import AnatomicalEmbedding
 from regframe.losses_contrastive import pixel_infonce
@@ -108,80 +109,25 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         return self.optimizer_factory(self.embedding.parameters())
 
 
-def load_embedding(checkpoint: str | Path) -> tuple[AnatomicalEmbedding, dict]:
-    """The trained embedding (eval mode) of an ``AnatomicalEmbeddingPretraining`` checkpoint and the
-    checkpoint's data-module hyper-parameters (intensity map, resampling)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise RegframeInputError(f"embedding checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in state or "state_dict" not in state:
-        raise RegframeInputError(f"{path} is not a Lightning checkpoint of AnatomicalEmbeddingPretraining")
-    hp = state["hyper_parameters"]
-    embedding = AnatomicalEmbedding(hp["widths"], hp["fpn_width"], hp["local_dim"], hp["global_dim"])
-    weights = {k[len("embedding."):]: v for k, v in state["state_dict"].items() if k.startswith("embedding.")}
-    embedding.load_state_dict(weights)
-    return embedding.eval(), dict(state.get("datamodule_hyper_parameters", {}))
-
-
-def samconvex_pyramid(embedding: AnatomicalEmbedding, image_downsample: int = 1, levels: Sequence[int] = (4, 2, 1),
-                      radii: Sequence[int] = (2, 3, 3), smooth_iters: int = 3, adam_iterations: int = 0,
-                      adam_lr: float = 1.0, adam_smooth_weight: float = 1.25,
-                      adam_data_weight: float = 12.0) -> CorrelationPyramidEstimator:
-    """The SAMConvex estimator: pyramid on the embedding (neg. dot product, half-resolution features,
-    schedule {0.003..1}, three box filters per round) with optional cosine-similarity Adam IO."""
-    for parameter in embedding.parameters():
-        parameter.requires_grad_(False)
-    return CorrelationPyramidEstimator(
-        features=embedding, image_downsample=image_downsample, grid_spacing=1, levels=levels, radii=radii,
-        metric="neg_dot", smooth_iters=smooth_iters, schedule=CONVEX_SCHEDULE, adam_iterations=adam_iterations,
-        adam_grid_spacing=1, adam_lr=adam_lr, adam_smooth_weight=adam_smooth_weight,
-        adam_data_weight=adam_data_weight, adam_data_term="neg_cos")
-
-
-def load_samconvex_estimator(checkpoint: str | Path, **pyramid: Any) -> tuple[CorrelationPyramidEstimator,
-                                                                              Callable[[Tensor], Tensor]]:
-    """SAMConvex estimator for images at their native resolution and raw intensities.
-
-    Returns the estimator (images are downsampled by ``1 / resample_factor`` of the pre-training
-    data, so the embedding sees the resolution it was trained on) and the intensity map to apply
-    to raw images first (the pre-training data module's clamp/shift/scale).
-    """
-    embedding, data_hp = load_embedding(checkpoint)
-    factor = float(data_hp.get("resample_factor", 1.0))
-    pyramid.setdefault("image_downsample", max(1, round(1.0 / factor)))
-    clamp, shift, scale = data_hp.get("clamp"), float(data_hp.get("shift", 0.0)), float(data_hp.get("scale", 1.0))
-
-    def intensity(image: Tensor) -> Tensor:
-        if clamp is not None:
-            image = image.clamp(float(clamp[0]), float(clamp[1]))
-        return (image + shift) * scale
-
-    return samconvex_pyramid(embedding, **pyramid), intensity
+def samconvex_pyramid(features: nn.Module, image_resample_factor: float = 1.0, levels: Sequence[int] = (4, 2, 1),
+                      radii: Sequence[int] = (2, 3, 3), smooth_iters: int = 3) -> CorrelationPyramidEstimator:
+    """The SAMConvex estimator: the pyramid on ``features`` (e.g. :class:`~regframe.features.embedding.PretrainedEmbedding`) with
+    the negative dot product, the features' own grid, schedule {0.003..1} and three box filters per
+    round. Wrap it in :class:`~regframe.estimators.refine.Refined` with ``similarity: neg_cos`` for
+    cosine-similarity Adam IO."""
+    return CorrelationPyramidEstimator(features=features, image_resample_factor=image_resample_factor, grid_spacing=1,
+                                       levels=levels, radii=radii, metric="neg_dot", smooth_iters=smooth_iters,
+                                       schedule=CONVEX_SCHEDULE)
 
 
 class SAMConvex(RegistrationModule):
-    """SAMConvex as a ``RegistrationModule``: the pyramid on a (pre-trained) anatomical embedding.
-
-    Args:
-        embedding_checkpoint: ``AnatomicalEmbeddingPretraining`` checkpoint; ``None`` uses an
-            untrained embedding built from ``widths``/``fpn_width``/``local_dim``/``global_dim``
-            (only useful for smoke tests).
-        image_downsample, levels, radii, smooth_iters, adam_*: the pyramid (see
-            :func:`samconvex_pyramid`). Images arrive from the data module already normalised.
+    """SAMConvex as a ``RegistrationModule``: registration by ``estimator`` (in the configs the
+    correlation pyramid on a :class:`~regframe.features.embedding.PretrainedEmbedding`, see
+    :func:`samconvex_pyramid`). Nothing is trained; images arrive from the data module already
+    preprocessed as in pre-training.
     """
 
-    def __init__(self, embedding_checkpoint: str | None = None, widths: Sequence[int] = (16, 24, 32, 48),
-                 fpn_width: int = 32, local_dim: int = 16, global_dim: int = 16, image_downsample: int = 1,
-                 levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3), smooth_iters: int = 3,
-                 adam_iterations: int = 0, adam_lr: float = 1.0, adam_smooth_weight: float = 1.25,
-                 adam_data_weight: float = 12.0, label_warp: str = "nearest", compute_hd95: bool = True) -> None:
-        if embedding_checkpoint is not None:
-            embedding, _ = load_embedding(embedding_checkpoint)
-        else:
-            embedding = AnatomicalEmbedding(widths, fpn_width, local_dim, global_dim).eval()
-        estimator = samconvex_pyramid(embedding, image_downsample, levels, radii, smooth_iters, adam_iterations,
-                                      adam_lr, adam_smooth_weight, adam_data_weight)
+    def __init__(self, estimator: DisplacementEstimator, label_warp: str = "nearest", compute_hd95: bool = True) -> None:
         super().__init__(estimator=estimator, label_warp=label_warp, compute_hd95=compute_hd95)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
