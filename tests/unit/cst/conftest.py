@@ -8,9 +8,10 @@ import torch
 
 from data_modules.base import RegistrationDataModule, enumerate_pairs
 from regframe.estimators.feature_convex import FeatureConvexEstimator
-from regframe.estimators.refine import RefinedEstimator
+from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.features.cnn import CSTFeatureNet
 from regframe.methods.cyclical import CyclicalSelfTraining
+from regframe.optim.instance import InstanceOptimisation
 
 
 class RandomSubjects(RegistrationDataModule):
@@ -39,6 +40,7 @@ def tiny_cst(tmp_path) -> CyclicalSelfTraining:
     """CST with 3 stages of 2 epochs, labels at half resolution, a store under ``tmp_path/pl``."""
     torch.manual_seed(0)
     net = CSTFeatureNet(channels=(4, 8, 8, 8, 8, 8), out_channels=4, io_channels=4)
-    estimator = RefinedEstimator(FeatureConvexEstimator(net, radius=1), adam_iterations=2, ice_iterations=2)
+    estimator = cst_pipeline(FeatureConvexEstimator(net, radius=1), warps=2, ice_iterations=2,
+                             io=InstanceOptimisation(iterations=2))
     return CyclicalSelfTraining(estimator, stages=3, epochs_per_stage=2, loss_crop=1, compute_hd95=False,
                                 pseudo_label_dir=str(tmp_path / "pl"), pseudo_label_batch=2)
