@@ -15,7 +15,8 @@ from regframe.stages import Staged, require
 class SelfTrainingStages(Callback):
     """Follow the stages of a :class:`~regframe.stages.Staged` module.
 
-    - checks that ``trainer.max_epochs`` equals the schedule's total (configs derive it from the
+    - checks that ``trainer.max_epochs`` equals the schedule's total, except under ``fast_dev_run``
+      (configs derive it from the
       stage plan, e.g. ``${mul:${..model.init_args.stages},${..model.init_args.epochs_per_stage}}``),
     - logs ``stage`` (1-based) and ``lr`` (of the first parameter group) at every step,
     - records ``val/dice`` at each stage end in ``stage_dice`` and prints the per-stage table when
@@ -28,7 +29,7 @@ class SelfTrainingStages(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         require(pl_module, Staged, type(self).__name__)
         planned = pl_module.schedule.total_epochs
-        if trainer.max_epochs != planned:
+        if trainer.max_epochs != planned and not trainer.fast_dev_run:
             raise RegframeInputError(
                 f"trainer.max_epochs={trainer.max_epochs} but the stage plan {pl_module.schedule} lasts "
                 f"{planned} epochs (set max_epochs to the plan's total or leave it derived from the model)")
