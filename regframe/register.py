@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from regframe.checkpoint import read_checkpoint, recorded_preprocessing
 from regframe.errors import RegframeInputError
+from regframe.plugins import import_plugins
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.evaluate import displacement_name
 from regframe.io import Volume, read_image, write_displacement, write_nifti
@@ -64,26 +66,15 @@ def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor],
 def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
     """Load a regframe method from a checkpoint written by ``regframe fit`` (``weights_only=True``),
     with the preprocessing its data module applied (``checkpoint["preprocessing"]``)."""
-    from regframe.plugins import import_plugins
-
-    if not Path(path).is_file():
-        raise RegframeInputError(f"{path}: checkpoint not found")
     import_plugins()
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise RegframeInputError(f"{path}: not a regframe/Lightning checkpoint (no state_dict/hyper_parameters)")
-    if "preprocessing" not in ckpt:
-        raise RegframeInputError(f"{path}: no 'preprocessing' record (the training data module had no "
-                                 "`preprocessing` attribute)")
+    ckpt = read_checkpoint(path)
+    preprocessing = recorded_preprocessing(path, ckpt)
     method = _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), base)
     try:
         model = method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})") from err
-    return model, Preprocessing.from_dict(ckpt["preprocessing"])
+    return model, preprocessing
 
 
 def _recorded_class(path: Path, class_path: str | None, base: type) -> type:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regframe.errors import RegframeInputError
+from regframe.checkpoint import read_checkpoint, recorded_preprocessing
 from regframe.preprocess import Preprocessing
 
 
@@ -98,20 +98,12 @@ class AnatomicalEmbedding(nn.Module):
 def load_embedding(checkpoint: str | Path) -> tuple[AnatomicalEmbedding, Preprocessing]:
     """The trained embedding (eval mode) of an ``AnatomicalEmbeddingPretraining`` checkpoint and the
     preprocessing of its pre-training data (intensity map, resampling). Loaded with ``weights_only``."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise RegframeInputError(f"embedding checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RegframeInputError(f"{path}: cannot read the embedding checkpoint ({type(err).__name__}: {err})") from err
-    if "hyper_parameters" not in state or "state_dict" not in state:
-        raise RegframeInputError(f"{path} is not a Lightning checkpoint of AnatomicalEmbeddingPretraining")
+    state = read_checkpoint(checkpoint, "AnatomicalEmbeddingPretraining")
     hp = state["hyper_parameters"]
     embedding = AnatomicalEmbedding(hp["widths"], hp["fpn_width"], hp["local_dim"], hp["global_dim"])
     weights = {k[len("embedding."):]: v for k, v in state["state_dict"].items() if k.startswith("embedding.")}
     embedding.load_state_dict(weights)
-    return embedding.eval(), Preprocessing.from_dict(state.get("datamodule_hyper_parameters"))
+    return embedding.eval(), recorded_preprocessing(checkpoint, state)
 
 
 class PretrainedEmbedding(nn.Module):

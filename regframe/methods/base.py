@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from regframe.checkpoint import record_preprocessing
 from regframe.estimators.base import DisplacementEstimator
 from regframe.spatial import warp_labels
 
@@ -106,10 +107,7 @@ class RegistrationModule(pl.LightningModule):
         """Record the data module's ``preprocessing`` (``checkpoint["preprocessing"]``, a plain
         dict) so ``regframe register --checkpoint`` prepares images as in training. Subclasses
         that override this hook call ``super().on_save_checkpoint(checkpoint)``."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        preprocessing = getattr(datamodule, "preprocessing", None)
-        if preprocessing is not None:
-            checkpoint["preprocessing"] = preprocessing.to_dict()
+        record_preprocessing(self, checkpoint)
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

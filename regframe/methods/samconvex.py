@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from regframe.checkpoint import record_preprocessing
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
@@ -104,6 +105,9 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         self.log_dict({"train/loss": loss, "train/infonce_local": local, "train/infonce_global": coarse},
                       prog_bar=True, batch_size=scans.shape[0])
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        record_preprocessing(self, checkpoint)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.embedding.parameters())

@@ -3,7 +3,6 @@ other networks (a MONAI feature network; a U-Net regressor with MIND-feature IO)
 
 from pathlib import Path
 
-import pytest
 
 from regframe.cli import RegframeCLI
 

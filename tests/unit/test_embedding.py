@@ -59,7 +59,7 @@ def test_checkpoint_round_trip_builds_a_working_estimator(tmp_path):
     module = AnatomicalEmbeddingPretraining(**SMALL)
     path = tmp_path / "emb.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "datamodule_hyper_parameters": {"resample_factor": 0.5, "clamp": [-1.0, 1.0], "scale": 2.0}}, path)
+                "preprocessing": {"resample_factor": 0.5, "clamp": [-1.0, 1.0], "scale": 2.0}}, path)
     features = PretrainedEmbedding(str(path))
     assert features.preprocessing.resample_factor == 0.5
     assert features.preprocessing.intensity(torch.tensor([3.0, 0.25])).tolist() == [2.0, 0.5]
@@ -68,5 +68,5 @@ def test_checkpoint_round_trip_builds_a_working_estimator(tmp_path):
     estimator = samconvex_pyramid(features, levels=(2, 1), radii=(1, 1))
     image = torch.randn(1, 1, 16, 16, 16)
     assert estimator(image, image.roll(1, 2)).shape == (1, 3, 16, 16, 16)
-    with pytest.raises(RegframeInputError, match="does not exist"):
+    with pytest.raises(RegframeInputError, match="checkpoint not found"):
         PretrainedEmbedding(str(tmp_path / "missing.ckpt"))
