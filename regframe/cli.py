@@ -96,13 +96,14 @@ def default_wandb_offline() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``regframe`` and ``python -m regframe``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if from_command_line else argv)
     default_wandb_offline()
     if argv and argv[0] in TOOLS:
         from regframe.tools import run_tool
 
         return run_tool(argv)
-    RegframeCLI(args=argv)
+    RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     finish_wandb_run()
     return 0
 
