@@ -19,8 +19,8 @@ from omegaconf.errors import InterpolationResolutionError
 
 from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback
+from regframe.tools import TOOLS, run_tool
 
-TOOLS = ("register", "evaluate", "data")
 
 
 def multiply(*factors: int | float) -> int | float:
@@ -100,8 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if from_command_line else argv)
     default_wandb_offline()
     if argv and argv[0] in TOOLS:
-        from regframe.tools import run_tool
-
         return run_tool(argv)
     RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     finish_wandb_run()
