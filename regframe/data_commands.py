@@ -1,9 +1,11 @@
-"""``regframe data``: write or fetch data sets (``regframe data phantom --out DIR``)."""
+"""``regframe data``: write or fetch data sets (``regframe data phantom --out DIR``,
+``regframe data learn2reg TASK --out DIR``)."""
 
 from __future__ import annotations
 
 import argparse
 
+from regframe.download import LEARN2REG_TASKS, fetch_learn2reg_task
 from regframe.phantom import write_phantom_dataset
 
 
@@ -15,8 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     phantom.add_argument("--shape", type=int, nargs=3, default=(64, 56, 80), metavar=("X", "Y", "Z"))
     phantom.add_argument("--seed", type=int, default=0)
 
+    learn2reg = data.add_parser(
+        "learn2reg", help="download and unpack a Learn2Reg task into OUT/TASK (resumable; prints the dataset json)")
+    learn2reg.add_argument("task", metavar="TASK", help=f"one of: {', '.join(LEARN2REG_TASKS)}")
+    learn2reg.add_argument("--out", required=True, help="parent directory; the task lands in OUT/TASK")
+    learn2reg.add_argument("--url", help="download from this URL instead of the built-in one (a mirror)")
+    learn2reg.add_argument("--sha256", help="expected SHA-256 of the zip (the built-in tasks publish none)")
+    learn2reg.add_argument("--overwrite", action="store_true", help="replace an existing OUT/TASK")
+    learn2reg.add_argument("--timeout", type=float, default=60.0,
+                           help="seconds without data before a connection attempt gives up")
+
 
 def main(args: argparse.Namespace) -> int:
-    path = write_phantom_dataset(args.out, subjects=args.subjects, shape=tuple(args.shape), seed=args.seed)
+    if args.dataset == "learn2reg":
+        path = fetch_learn2reg_task(args.task, args.out, url=args.url, sha256=args.sha256,
+                                    overwrite=args.overwrite, timeout_s=args.timeout)
+    else:
+        path = write_phantom_dataset(args.out, subjects=args.subjects, shape=tuple(args.shape), seed=args.seed)
     print(path)
     return 0
