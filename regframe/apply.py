@@ -77,13 +77,13 @@ def check_moving_grid(field: Field, grid: Volume) -> None:
                                  "(another orientation); the field's voxels cannot be mapped onto this grid")
 
 
-def check_on_grid(volume: Volume, shape: tuple[int, ...], affine: np.ndarray, grid_name: str) -> None:
-    """Raise unless ``volume`` has exactly ``shape`` and ``affine`` (to ``AFFINE_TOLERANCE``)."""
+def check_on_grid(volume: Volume, shape: tuple[int, ...], affine: np.ndarray, grid_name: str, hint: str = "") -> None:
+    """Raise unless ``volume`` has exactly ``shape`` and ``affine`` (to ``AFFINE_TOLERANCE``); ``hint``
+    ends the affine error."""
     if volume.array.shape != shape:
         raise RegframeInputError(f"{volume.path}: shape {volume.array.shape} differs from the {grid_name} {shape}")
     if not np.allclose(volume.affine, affine, rtol=0, atol=AFFINE_TOLERANCE):
         difference = float(np.abs(volume.affine - affine).max())
-        hint = "" if "--moving-grid" in grid_name else "; pass --moving-grid MOVING_IMAGE if it lies on the moving image's grid"
         raise RegframeInputError(f"{volume.path}: affine differs from the {grid_name} by up to {difference:.4g}{hint}")
 
 
@@ -134,7 +134,7 @@ def _check_options(args: argparse.Namespace) -> None:
         for option, value in (("--points-space", args.points_space), ("--points-units", args.points_units)):
             if value is not None:
                 raise RegframeInputError(f"{option} applies to --points only")
-    elif (args.points_units or "voxel") == "mm" and args.moving_grid is None:
+    elif args.points_units == "mm" and args.moving_grid is None:
         raise RegframeInputError("--points-units mm needs --moving-grid MOVING_IMAGE (its affine converts "
                                  "moving-grid points to and from mm)")
 
@@ -172,6 +172,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
+def apply_points(args: argparse.Namespace, field: Field, moving_affine: np.ndarray) -> None:
+    """Map the ``--points`` CSV to the other grid and write it (same units); warn about points the
+    inversion did not resolve."""
+    points = read_keypoints(args.points)
+    if points.shape[1] != 3:
+        raise RegframeInputError(f"{args.points}: expected 3 comma-separated coordinates per row, got {points.shape[1]}")
+    space = args.points_space or "fixed"
+    source_affine, target_affine = (field.affine, moving_affine) if space == "fixed" else (moving_affine, field.affine)
+    mm = args.points_units == "mm"
+    mapped, residual = map_points(field, world_to_voxel(source_affine, points) if mm else points.double(), space)
+    _write_points(args.out, voxel_to_world(target_affine, mapped) if mm else mapped)
+    if residual is not None and bool((residual > INVERSE_TOLERANCE).any()):
+        print(f"regframe apply: warning: {int((residual > INVERSE_TOLERANCE).sum())} of {len(residual)} points "
+              f"did not invert to {INVERSE_TOLERANCE} voxels (largest residual {residual.max().item():.3g}); "
+              "the field may fold or leave the grid there", file=sys.stderr)
+    print(f"{len(points)} {space}-grid points mapped to the {'moving' if space == 'fixed' else 'fixed'} grid: {args.out}")
+
+
 def main(args: argparse.Namespace) -> int:
     """Check every input and the output first, then warp and write; bad input raises ``RegframeInputError``."""
     _check_options(args)
@@ -179,37 +197,23 @@ def main(args: argparse.Namespace) -> int:
     inputs = [args.disp, source] + ([args.moving_grid] if args.moving_grid else [])
     _check_output(args.out, args.overwrite, inputs, points=args.points is not None)
     field = Field(args.disp)
-    moving_grid = None
-    if args.moving_grid is not None:
+    if args.moving_grid is None:  # volumes to warp must then lie on the fixed grid itself
+        affine, grid_name = field.affine, f"field's fixed grid ({field.path})"
+        hint = "; pass --moving-grid MOVING_IMAGE if it lies on the moving image's grid"
+    else:
         moving_grid = read_image(args.moving_grid)
         check_moving_grid(field, moving_grid)
-    if moving_grid is None:  # volumes to warp must then lie on the fixed grid itself
-        affine, grid_name = field.affine, f"field's fixed grid ({field.path})"
-    else:
-        affine, grid_name = moving_grid.affine, f"--moving-grid {moving_grid.path}"
+        affine, grid_name, hint = moving_grid.affine, f"--moving-grid {moving_grid.path}", ""
     if args.points is not None:
-        points = read_keypoints(args.points)
-        if points.shape[1] != 3:
-            raise RegframeInputError(f"{args.points}: expected 3 comma-separated coordinates per row, got {points.shape[1]}")
-        space = args.points_space or "fixed"
-        source_affine, target_affine = (field.affine, affine) if space == "fixed" else (affine, field.affine)
-        mm = args.points_units == "mm"
-        voxels = world_to_voxel(source_affine, points) if mm else points.double()
-        mapped, residual = map_points(field, voxels, space)
-        _write_points(args.out, voxel_to_world(target_affine, mapped) if mm else mapped)
-        if residual is not None and bool((residual > INVERSE_TOLERANCE).any()):
-            print(f"regframe apply: warning: {int((residual > INVERSE_TOLERANCE).sum())} of {len(residual)} points "
-                  f"did not invert to {INVERSE_TOLERANCE} voxels (largest residual {residual.max().item():.3g}); "
-                  "the field may fold or leave the grid there", file=sys.stderr)
-        print(f"{len(points)} {space}-grid points mapped to the {'moving' if space == 'fixed' else 'fixed'} grid: {args.out}")
+        apply_points(args, field, affine)
         return 0
     if args.image is not None:
         volume = read_image(args.image)
-        check_on_grid(volume, field.shape, affine, grid_name)
+        check_on_grid(volume, field.shape, affine, grid_name, hint)
         warped = warp_image(field, volume)
     else:
         volume = read_label(args.labels, channel=args.label_channel)
-        check_on_grid(volume, field.shape, affine, grid_name)
+        check_on_grid(volume, field.shape, affine, grid_name, hint)
         warped = warp_label_map(field, volume, args.label_interp or "nearest")
     write_nifti(args.out, warped, field.affine)
     print(f"warped onto the fixed grid of {args.disp}: {args.out}")
