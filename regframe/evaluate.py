@@ -2,8 +2,11 @@
 
 For every ``registration_val`` pair the fixed and moving label maps are read, the moving labels
 warped with ``DIR/disp_{fixed}_{moving}.nii.gz`` (nearest neighbour; channel-last voxels, the
-Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics`. The result
-(per-case metrics, label names, aggregates) is written as JSON and shown as a table.
+Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics` over the labels
+the json lists (``--label-channel`` picks one channel of 4-D label files). Where the subjects have
+keypoints (``keypointsTr/*.csv``, voxels) the TRE in mm is computed too; pairs with keypoints but no
+labels (e.g. LungCT) get TRE and the Jacobian metrics. The result (per-case metrics, label names,
+aggregates) is written as JSON and shown as a table.
 
 The dataset file is parsed by :func:`regframe.learn2reg.load_dataset_json`, the same parser
 the data modules and ``regframe register --dataset`` use.
@@ -20,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 
 from regframe.errors import RegframeInputError
-from regframe.io import check_same_grid, read_displacement, read_label
-from regframe.learn2reg import PairEntry, load_dataset_json
-from regframe.metrics import aggregate, pair_metrics
+from regframe.io import Volume, check_same_grid, read_displacement, read_image, read_label
+from regframe.learn2reg import PairEntry, SubjectEntry, label_ids, load_dataset_json, read_keypoints
+from regframe.metrics import aggregate, jacobian_metrics, pair_metrics, tre
 from regframe.spatial import warp_labels
 
 
@@ -33,22 +38,52 @@ def displacement_name(pair: PairEntry) -> str:
     return f"disp_{pair.pair_id}.nii.gz"
 
 
+def _check_pairs(dataset_json: Path, pairs: list[PairEntry]) -> dict[Path, torch.Tensor]:
+    """Check before any scoring that every pair can be scored (labels on both sides, or keypoints
+    on both sides) and read all keypoints: ``{image path: (N, 3) voxel points}`` (keyed by image, not
+    subject id: LungCT's two scans of one patient share the id)."""
+    keypoints: dict[Path, torch.Tensor] = {}
+    for pair in pairs:
+        sides = (pair.fixed, pair.moving)
+        if (pair.fixed.keypoints is None) != (pair.moving.keypoints is None):
+            present, absent = sides if pair.fixed.keypoints is not None else sides[::-1]
+            raise RegframeInputError(f"{present.keypoints}: keypoints found, but none for {absent.image} "
+                                     f"(pair {pair.pair_id}); TRE needs both")
+        if pair.fixed.keypoints is not None:
+            for entry in sides:
+                keypoints.setdefault(entry.image, read_keypoints(entry.keypoints))
+            if keypoints[pair.fixed.image].shape != keypoints[pair.moving.image].shape:
+                raise RegframeInputError(
+                    f"{pair.moving.keypoints}: {tuple(keypoints[pair.moving.image].shape)} keypoints do not correspond "
+                    f"to {pair.fixed.keypoints} {tuple(keypoints[pair.fixed.image].shape)}")
+        elif pair.fixed.label is None or pair.moving.label is None:
+            entry = pair.fixed if pair.fixed.label is None else pair.moving
+            raise RegframeInputError(f"{dataset_json}: no label file and no keypoints known for {entry.image}")
+    return keypoints
+
+
 def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | Path | None = None,
-                     allow_missing: bool = False, hd95: bool = True) -> dict:
+                     allow_missing: bool = False, hd95: bool = True, label_channel: int | None = None,
+                     progress: bool = False) -> dict:
     """Evaluate every ``registration_val`` pair of ``dataset_json`` with the fields in ``disp_dir``.
 
     A missing ``disp_*.nii.gz`` raises :class:`RegframeInputError` naming it, unless
     ``allow_missing``: then the zero field is used (pre-registration scores) and the case is
-    marked ``"missing": true``. Returns (and writes to ``out`` atomically, if given)::
+    marked ``"missing": true``. Label maps give Dice and HD95 over the labels the json lists in
+    ``labels`` (all foreground labels when it lists none; ids found in the files but not listed
+    are reported in ``unlisted_labels``); ``label_channel`` picks one channel of 4-D label files.
+    Subjects with keypoints (``keypointsTr/*.csv``, voxels; fixed ``x``, moving ``y``) give the
+    TRE ``|x + u(x) - y|`` in mm (mean over a pair's points). ``progress`` shows a progress bar
+    (on a terminal only). Returns (and writes to ``out`` atomically, if given)::
 
-        {"task", "dataset", "disp_dir", "labels": {id: name}, "hd95": bool,
+        {"task", "dataset", "disp_dir", "labels": {id: name}, "unlisted_labels": [id], "hd95": bool,
          "cases": [{"pair", "fixed", "moving", "disp", "missing", "dice", "dice_per_label": {name: Dice},
                     "hd95", "hd95_vox", "hd95_per_label": {name: mm}, "sdlogj_l2r", "sdlogj", "fold_pct",
-                    "seconds"}, ...],
+                    "tre", "seconds"}, ...],
          "aggregate": {metric: {"mean", "std", "p30", "n"[, "low30_mean"]}}}
 
-    Units: Dice in [0, 1], HD95 in mm (``hd95_vox`` in voxels, as Learn2Reg reports it), fold in %.
-    NaN is written as ``null``.
+    Units: Dice in [0, 1], HD95 and TRE in mm (``hd95_vox`` in voxels, as Learn2Reg reports it),
+    fold in %. NaN is written as ``null``; label metrics are absent for pairs without labels.
     """
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)
@@ -62,27 +97,41 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     if missing and not allow_missing:
         raise RegframeInputError(f"{missing[0]}: displacement file not found ({len(missing)} of {len(files)} "
                                  "missing; pass --allow-missing to score them as zero fields)")
-    labels_cache: dict[str, tuple] = {}
+    keypoints = _check_pairs(dataset_json, pairs)
+    volumes: dict[Path, tuple[Volume, torch.Tensor | None]] = {}
+    unlisted: set[int] = set()
 
-    def labels_of(entry):
-        if entry.label is None:
-            raise RegframeInputError(f"{dataset_json}: no label file known for {entry.image}")
-        if entry.id not in labels_cache:
-            volume = read_label(entry.label)
-            labels_cache[entry.id] = (volume, torch.from_numpy(volume.array))
-        return labels_cache[entry.id]
+    def grid_of(entry: SubjectEntry) -> tuple[Volume, torch.Tensor | None]:
+        """The subject's label map (and its tensor), or its image (no labels) for the grid alone."""
+        if entry.image not in volumes:
+            if entry.label is None:
+                volumes[entry.image] = (read_image(entry.image), None)
+            else:
+                volume = read_label(entry.label, channel=label_channel)
+                if names:
+                    unlisted.update(set(label_ids(volume.array)) - {0, *names})
+                volumes[entry.image] = (volume, torch.from_numpy(volume.array))
+        return volumes[entry.image]
 
     cases = []
-    for pair, disp_path in zip(pairs, files):
+    for pair, disp_path in track(list(zip(pairs, files)), description="evaluate", disable=not progress,
+                                 console=Console(stderr=True), transient=True):
         start = time.perf_counter()
-        fixed_volume, fixed_label = labels_of(pair.fixed)
-        moving_volume, moving_label = labels_of(pair.moving)
+        fixed_volume, fixed_label = grid_of(pair.fixed)
+        moving_volume, moving_label = grid_of(pair.moving)
         check_same_grid(fixed_volume, moving_volume)
-        shape = tuple(fixed_label.shape)
+        shape = tuple(fixed_volume.array.shape)
         is_missing = not disp_path.is_file()
         disp = torch.zeros(len(shape), *shape) if is_missing else read_displacement(disp_path, shape)
-        warped = warp_labels(moving_label[None, None], disp[None], method="nearest")
-        metrics = pair_metrics(fixed_label, moving_label, disp, fixed_volume.spacing, hd95=hd95, warped_label=warped)
+        points = (keypoints[pair.fixed.image], keypoints[pair.moving.image]) if pair.fixed.image in keypoints else (None, None)
+        if fixed_label is not None and moving_label is not None:
+            warped = warp_labels(moving_label[None, None], disp[None], method="nearest")
+            metrics = pair_metrics(fixed_label, moving_label, disp, fixed_volume.spacing, hd95=hd95,
+                                   labels=sorted(names) or None, warped_label=warped,
+                                   fixed_points=points[0], moving_points=points[1])
+        else:
+            metrics = jacobian_metrics(disp)
+            metrics["tre"] = tre(points[0], points[1], disp, fixed_volume.spacing).mean().item()
         case = {"pair": pair.pair_id, "fixed": str(pair.fixed.image), "moving": str(pair.moving.image),
                 "disp": str(disp_path), "missing": is_missing}
         for key, value in metrics.items():
@@ -91,7 +140,8 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
         case["seconds"] = time.perf_counter() - start
         cases.append(case)
     result = {"task": spec.name, "dataset": str(dataset_json), "disp_dir": str(disp_dir),
-              "labels": {str(k): v for k, v in names.items()}, "hd95": hd95, "cases": cases,
+              "labels": {str(k): v for k, v in names.items()}, "unlisted_labels": sorted(unlisted), "hd95": hd95,
+              "cases": cases,
               "aggregate": aggregate([{k: v for k, v in c.items() if k != "seconds"} for c in cases])}
     result = _nan_to_none(result)
     if out is not None:
@@ -121,11 +171,11 @@ def _cell(value, fmt: str, width: int) -> str:
 
 
 def format_table(result: dict) -> str:
-    """Readable table: one row per pair (Dice, HD95 mm, SDlogJ, SDlogJ L2R, fold %), then mean/std/p30."""
-    columns = [("dice", "dice", ".4f", 7), ("hd95", "hd95 mm", ".2f", 8), ("sdlogj", "sdlogj", ".4f", 7),
-               ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("fold_pct", "fold %", ".3f", 7)]
-    if not result.get("hd95", True):
-        columns = [c for c in columns if c[0] != "hd95"]
+    """Readable table: one row per pair (Dice, HD95 mm, TRE mm, SDlogJ, SDlogJ L2R, fold %; the metrics
+    computed), then mean/std/p30, and which labels were scored."""
+    columns = [("dice", "dice", ".4f", 7), ("hd95", "hd95 mm", ".2f", 8), ("tre", "tre mm", ".3f", 7),
+               ("sdlogj", "sdlogj", ".4f", 7), ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("fold_pct", "fold %", ".3f", 7)]
+    columns = [c for c in columns if c[0] in result["aggregate"]]
     pair_width = max([10] + [len(c["pair"]) + 1 for c in result["cases"]])
     lines = [f"{result['task']}: {len(result['cases'])} pairs, displacements from {result['disp_dir']}",
              f"{'pair':<{pair_width}}" + "".join(f" {title:>{w}}" for _, title, _, w in columns)]
@@ -137,9 +187,20 @@ def format_table(result: dict) -> str:
             " " + _cell(result["aggregate"].get(k, {}).get(stat), f, w) for k, _, f, w in columns))
     if "dice" in result["aggregate"]:
         lines.append(f"lowest 30% of pairs, mean Dice: {result['aggregate']['dice'].get('low30_mean', 0.0):.4f}")
+        lines.append(_scored_labels(result))
     if any(case.get("missing") for case in result["cases"]):
         lines.append("* no displacement file: scored with the zero field (pre-registration)")
     return "\n".join(lines)
+
+
+def _scored_labels(result: dict) -> str:
+    """One line saying which labels Dice and HD95 cover."""
+    if not result["labels"]:
+        return "labels scored: every foreground label (the dataset json lists none)"
+    line = f"labels scored: the {len(result['labels'])} listed in the dataset json"
+    if result["unlisted_labels"]:
+        line += f"; ids {result['unlisted_labels']} in the label files are not listed there and not scored"
+    return line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,13 +212,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-missing", action="store_true",
                         help="score pairs without a displacement file with the zero field instead of failing")
     parser.add_argument("--no-hd95", dest="hd95", action="store_false", help="skip HD95 (the slowest metric)")
+    parser.add_argument("--label-channel", type=int, default=None,
+                        help="channel of 4-D (one-hot / binary, channel-last) label files to score")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table; exit status 2 on bad input."""
     try:
         result = evaluate_dataset(args.dataset, args.disp_dir, out=args.out, allow_missing=args.allow_missing,
-                                  hd95=args.hd95)
+                                  hd95=args.hd95, label_channel=args.label_channel, progress=sys.stderr.isatty())
     except RegframeInputError as err:
         print(f"regframe evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 from torch import Tensor
 
+from regframe.points import fixed_to_moving
 from regframe.spatial import jacobian_determinant, warp_labels
 
 LabelLike = Tensor | np.ndarray
@@ -198,19 +199,14 @@ def tre(fixed_points: Tensor | np.ndarray, moving_points: Tensor | np.ndarray, d
     (bi/tri)linear interpolation, clamped to the border (Learn2Reg samples with cubic splines;
     for smooth fields the difference is negligible). Returns ``(N,)`` float64.
     """
-    field = _batched_field(disp).double()
-    dims = field.shape[1]
+    field = _batched_field(disp)[0].double()
+    dims = field.shape[0]
     fixed = torch.as_tensor(fixed_points, dtype=torch.float64, device=field.device)
     moving = torch.as_tensor(moving_points, dtype=torch.float64, device=field.device)
     if fixed.dim() != 2 or fixed.shape[1] != dims or fixed.shape != moving.shape:
         raise ValueError(f"points must both be (N, {dims}), got {tuple(fixed.shape)} and {tuple(moving.shape)}")
-    size = torch.tensor(field.shape[2:], dtype=torch.float64, device=field.device)
-    normalised = 2.0 * fixed / (size - 1).clamp_min(1) - 1.0  # align_corners=True: voxel i -> -1 + 2i/(n-1)
-    grid = normalised.flip(-1).view(1, -1, *([1] * (dims - 1)), dims)  # grid_sample wants the last axis first
-    sampled = torch.nn.functional.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    displacement = sampled.reshape(dims, -1).T
     scale = torch.tensor(_spacing_list(spacing, dims), dtype=torch.float64, device=field.device)
-    return ((fixed + displacement - moving) * scale).norm(dim=1)
+    return ((fixed_to_moving(field, fixed) - moving) * scale).norm(dim=1)
 
 
 def pair_metrics(fixed_label: LabelLike, moving_label: LabelLike, disp: Tensor | np.ndarray,

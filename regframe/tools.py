@@ -17,6 +17,7 @@ TOOLS: dict[str, tuple[str, str]] = {  # name -> (module, one-line help)
     "register": ("regframe.register", "register image pairs with a method or checkpoint"),
     "evaluate": ("regframe.evaluate", "Learn2Reg metrics of displacement files"),
     "data": ("regframe.data_commands", "built-in and downloadable data sets"),
+    "apply": ("regframe.apply", "warp images, label maps or points with a saved displacement"),
 }
 
 

@@ -26,26 +26,43 @@ def subject_labels(seed: int) -> np.ndarray:
     return noise.argmax(0).astype(np.uint8)
 
 
+def file_stem(subject: int | str) -> str:
+    """``1`` -> ``Toy_0001_0000``; a string names the file itself, e.g. ``"0001_0001"`` -> ``Toy_0001_0001``."""
+    return f"Toy_{subject:04d}_0000" if isinstance(subject, int) else f"Toy_{subject}"
+
+
+def write_dataset(root, labels: dict, names: dict[int, str], pairs: list[tuple], keypoints: dict | None = None,
+                  label_files: bool = True, affine=AFFINE):
+    """Learn2Reg layout under ``root`` (subjects keyed as :func:`file_stem` takes them): images (the
+    labels as intensities), optional ``labelsTr`` (4-D arrays are written channel-last as they are)
+    and ``keypointsTr``; returns the json path."""
+    for folder in ("imagesTr", "labelsTr", "keypointsTr"):
+        (root / folder).mkdir(exist_ok=True)
+    training = []
+    for sid, array in labels.items():
+        name = f"{file_stem(sid)}.nii.gz"
+        image = array if array.ndim == 3 else array.argmax(-1)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(root / "imagesTr" / name))
+        training.append({"image": f"./imagesTr/{name}"})
+        if label_files:
+            nib.save(nib.Nifti1Image(array, affine), str(root / "labelsTr" / name))
+            training[-1]["label"] = f"./labelsTr/{name}"
+        if keypoints is not None and sid in keypoints:
+            np.savetxt(root / "keypointsTr" / f"{file_stem(sid)}.csv", keypoints[sid], delimiter=",", fmt="%.3f")
+    spec = {"name": "Toy", "labels": {"0": {str(k): v for k, v in names.items()}}, "training": training,
+            "registration_val": [{"fixed": f"./imagesTr/{file_stem(a)}.nii.gz",
+                                  "moving": f"./imagesTr/{file_stem(b)}.nii.gz"} for a, b in pairs]}
+    path = root / "Toy_dataset.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """Three subjects (0001-0003), subject 0003 a copy of 0001, pairs (1,2), (1,3), (2,3)."""
-    for folder in ("imagesTr", "labelsTr"):
-        (tmp_path / folder).mkdir()
     labels = {1: subject_labels(1), 2: subject_labels(2)}
     labels[3] = labels[1].copy()
-    training = []
-    for sid, array in labels.items():
-        name = f"Toy_{sid:04d}_0000.nii.gz"
-        nib.save(nib.Nifti1Image(array.astype(np.float32), AFFINE), str(tmp_path / "imagesTr" / name))
-        nib.save(nib.Nifti1Image(array, AFFINE), str(tmp_path / "labelsTr" / name))
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    pairs = [{"fixed": f"./imagesTr/Toy_{a:04d}_0000.nii.gz", "moving": f"./imagesTr/Toy_{b:04d}_0000.nii.gz"}
-             for a, b in [(1, 2), (1, 3), (2, 3)]]
-    spec = {"name": "Toy", "labels": {"0": {str(k): v for k, v in NAMES.items()}}, "training": training,
-            "registration_val": pairs}
-    path = tmp_path / "Toy_dataset.json"
-    path.write_text(json.dumps(spec))
-    return path, labels
+    return write_dataset(tmp_path, labels, NAMES, [(1, 2), (1, 3), (2, 3)]), labels
 
 
 def ref_mean_dice(fixed: np.ndarray, warped: np.ndarray, moving: np.ndarray) -> float:
@@ -113,5 +130,89 @@ def test_main_prints_table_and_returns_status(dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "0001_0003*" in printed and "hd95" not in printed.splitlines()[1]
     assert "hd95" not in json.loads((tmp_path / "m.json").read_text())["aggregate"]
+    assert capsys.readouterr().err == ""  # no progress bar when stderr is not a terminal
     assert main(parser.parse_args(["--dataset", str(path), "--disp-dir", str(tmp_path / "none")])) == 2
     assert "disp_0001_0002.nii.gz" in capsys.readouterr().err
+
+
+def test_only_labels_listed_in_the_json_are_scored(tmp_path):
+    labels = {1: subject_labels(1), 2: subject_labels(2)}
+    assert {3} <= set(np.unique(labels[1])) & set(np.unique(labels[2]))
+    listed = {1: "liver", 2: "spleen"}
+    path = write_dataset(tmp_path, labels, listed, [(1, 2)])
+    result = evaluate_dataset(path, tmp_path / "none", allow_missing=True, hd95=False)
+    case = result["cases"][0]
+    assert set(case["dice_per_label"]) == {"liver", "spleen"}
+    fixed, moving = labels[1], labels[2]
+    expected = np.mean([2 * np.sum((fixed == k) & (moving == k)) / (np.sum(fixed == k) + np.sum(moving == k))
+                        for k in (1, 2)])
+    assert case["dice"] == pytest.approx(expected, abs=1e-12)
+    assert result["unlisted_labels"] == [3]
+    assert "ids [3] in the label files are not listed there and not scored" in format_table(result)
+
+
+def test_label_channel_picks_one_channel_of_4d_label_files(tmp_path, capsys):
+    onehot = {sid: np.stack([subject_labels(sid) == k for k in range(4)], axis=-1).astype(np.uint8) for sid in (1, 2)}
+    path = write_dataset(tmp_path, onehot, {1: "organ"}, [(1, 2)])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--dataset", str(path), "--disp-dir", str(tmp_path / "none"), "--allow-missing", "--no-hd95"]
+    assert main(parser.parse_args(argv)) == 2
+    assert "label_channel" in capsys.readouterr().err
+    assert main(parser.parse_args([*argv, "--label-channel", "2", "--out", str(tmp_path / "m.json")])) == 0
+    fixed, moving = onehot[1][..., 2], onehot[2][..., 2]
+    expected = 2 * np.sum(fixed & moving) / (np.sum(fixed) + np.sum(moving))
+    assert json.loads((tmp_path / "m.json").read_text())["cases"][0]["dice"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_tre_from_keypoints_in_mm(tmp_path):
+    """Moving keypoints = fixed + (1, -2, 0.5) voxels, spacing (2, 1, 3) mm: TRE at the zero field is the
+    initial distance |(2, -2, 1.5)| mm; the matching translation gives 0; labels still scored."""
+    affine = np.diag([2.0, 1.0, 3.0, 1.0])
+    rng = np.random.default_rng(3)
+    fixed_points = rng.uniform(2, 6, size=(20, 3))
+    offset = np.array([1.0, -2.0, 0.5])
+    keypoints = {1: fixed_points, 2: fixed_points + offset, 3: fixed_points + 2 * offset}
+    labels = {sid: subject_labels(sid) for sid in (1, 2, 3)}
+    path = write_dataset(tmp_path, labels, NAMES, [(1, 2), (1, 3)], keypoints=keypoints, affine=affine)
+    shift = torch.zeros(3, *SHAPE)
+    shift[:] = torch.tensor(offset).view(3, 1, 1, 1)
+    write_displacement(tmp_path / "d" / "disp_0001_0002.nii.gz", shift, affine)
+    result = evaluate_dataset(path, tmp_path / "d", allow_missing=True, hd95=False)
+    initial = np.linalg.norm(2 * offset * np.array([2.0, 1.0, 3.0]))
+    assert result["cases"][0]["tre"] == pytest.approx(0.0, abs=1e-4)
+    assert result["cases"][1]["tre"] == pytest.approx(initial, abs=1e-4)
+    assert result["aggregate"]["tre"]["mean"] == pytest.approx(initial / 2, abs=1e-4)
+    assert result["aggregate"]["tre"]["p30"] == pytest.approx(0.3 * initial, abs=1e-4)
+    assert result["aggregate"]["tre"]["n"] == 2 and "dice" in result["cases"][0]
+    assert "tre mm" in format_table(result).splitlines()[1]
+
+
+def test_keypoints_without_labels_give_tre_and_jacobian_metrics(tmp_path):
+    """LungCT layout: two scans of one patient (``_0000`` fixed, ``_0001`` moving) share the subject id."""
+    points = np.array([[2.0, 3.0, 4.0], [5.0, 1.0, 2.0]])
+    labels = {"0001_0000": subject_labels(1), "0001_0001": subject_labels(2)}
+    path = write_dataset(tmp_path, labels, {}, [("0001_0000", "0001_0001")],
+                         keypoints={"0001_0000": points, "0001_0001": points + 1}, label_files=False)
+    result = evaluate_dataset(path, tmp_path / "none", allow_missing=True)
+    case = result["cases"][0]
+    assert case["pair"] == "0001_0001"  # Learn2Reg's displacement name disp_0001_0001.nii.gz
+    assert case["tre"] == pytest.approx(np.linalg.norm([2.0, 2.0, 2.0]), abs=1e-5)
+    assert "dice" not in case and case["fold_pct"] == 0.0
+    assert "dice" not in format_table(result).splitlines()[1]
+
+
+def test_keypoint_errors_are_named_before_scoring(tmp_path):
+    points = np.ones((4, 3))
+    labels = {1: subject_labels(1), 2: subject_labels(2)}
+    path = write_dataset(tmp_path, labels, NAMES, [(1, 2)], keypoints={1: points})
+    with pytest.raises(RegframeInputError, match="Toy_0001_0000.csv.*none for .*Toy_0002_0000.nii.gz"):
+        evaluate_dataset(path, tmp_path / "none", allow_missing=True)
+    np.savetxt(tmp_path / "keypointsTr" / "Toy_0002_0000.csv", points[:3], delimiter=",")
+    with pytest.raises(RegframeInputError, match="Toy_0002_0000.csv.*do not correspond"):
+        evaluate_dataset(path, tmp_path / "none", allow_missing=True)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    no_labels = write_dataset(bare, labels, NAMES, [(1, 2)], label_files=False)
+    with pytest.raises(RegframeInputError, match="no label file and no keypoints"):
+        evaluate_dataset(no_labels, tmp_path / "none", allow_missing=True)

@@ -1,0 +1,81 @@
+"""Point sets under a displacement field: sampling, mapping in both directions, voxel <-> mm.
+
+A field ``u`` (``(D, *S)``, voxels) is a backward map on the fixed grid: ``warped(x) = moving(x + u(x))``.
+So a point ``x`` of the fixed grid corresponds to ``x + u(x)`` on the moving grid
+(:func:`fixed_to_moving`), and a moving point ``y`` corresponds to the solution of
+``x + u(x) = y`` (:func:`moving_to_fixed`, fixed-point iteration). Points are ``(N, D)`` voxel
+coordinates in stored axis order unless a function says mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sample_field(disp: Tensor, points: Tensor) -> Tensor:
+    """Field ``disp (D, *S)`` sampled at ``points (N, D)`` (voxels) with (bi/tri)linear
+    interpolation, clamped to the border; returns ``(N, D)`` in the dtype of ``disp``."""
+    dims = disp.shape[0]
+    if disp.dim() != dims + 1:
+        raise ValueError(f"displacement must be (D, *S) with D spatial dims, got {tuple(disp.shape)}")
+    if points.dim() != 2 or points.shape[1] != dims:
+        raise ValueError(f"points must be (N, {dims}), got {tuple(points.shape)}")
+    size = torch.tensor(disp.shape[1:], dtype=disp.dtype, device=disp.device)
+    normalised = 2.0 * points.to(disp) / (size - 1).clamp_min(1) - 1.0  # align_corners=True: voxel i -> -1 + 2i/(n-1)
+    grid = normalised.flip(-1).view(1, -1, *([1] * (dims - 1)), dims)  # grid_sample wants the last axis first
+    sampled = F.grid_sample(disp[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.reshape(dims, -1).T
+
+
+def fixed_to_moving(disp: Tensor, points: Tensor) -> Tensor:
+    """Moving-grid voxel positions ``x + u(x)`` of fixed-grid points ``x (N, D)``; float64."""
+    points = points.double()
+    return points + sample_field(disp.double(), points)
+
+
+@dataclass
+class Inversion:
+    """Result of :func:`moving_to_fixed`: fixed-grid ``points (N, D)``, the ``residual (N,)`` ``|x + u(x) - y|``
+    in voxels, and the number of ``iterations`` run."""
+
+    points: Tensor
+    residual: Tensor
+    iterations: int
+
+
+def moving_to_fixed(disp: Tensor, points: Tensor, tolerance: float = 1e-5, max_iterations: int = 200) -> Inversion:
+    """Fixed-grid positions ``x`` with ``x + u(x) = y`` for moving-grid points ``y (N, D)`` (voxels).
+
+    Fixed-point iteration ``x_{k+1} = y - u(x_k)`` from ``x_0 = y``, until no point moves by more than
+    ``tolerance`` voxels or ``max_iterations``. It converges where ``u`` is a contraction (spatial
+    derivatives below 1, i.e. a field without folding); check ``residual`` for the other points.
+    """
+    field = disp.double()
+    target = points.double()
+    current = target.clone()
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        updated = target - sample_field(field, current)
+        step = (updated - current).abs().max().item() if len(current) else 0.0
+        current = updated
+        if step < tolerance:
+            break
+    residual = (current + sample_field(field, current) - target).norm(dim=1)
+    return Inversion(current, residual, iterations)
+
+
+def voxel_to_world(affine: np.ndarray, points: Tensor) -> Tensor:
+    """World coordinates (mm) of voxel ``points (N, 3)`` through a 4x4 voxel-to-world ``affine``; float64."""
+    matrix = torch.as_tensor(affine, dtype=torch.float64)
+    return points.double() @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def world_to_voxel(affine: np.ndarray, points: Tensor) -> Tensor:
+    """Voxel coordinates of world ``points (N, 3)`` (mm) on the grid of ``affine``; float64."""
+    inverse = torch.as_tensor(np.linalg.inv(affine), dtype=torch.float64)
+    return points.double() @ inverse[:3, :3].T + inverse[:3, 3]
