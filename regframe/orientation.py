@@ -9,6 +9,7 @@ parallel (an oblique rotation between them) are refused: that needs resampling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,34 @@ def _transform_or_raise(affine: np.ndarray, reference: np.ndarray, path: Path | 
             f"{path}: axes are rotated against {reference_path} (not an axis permutation or flip); "
             "resample it onto that grid first")
     return ornt
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a volume's voxels are: its file, array ``shape`` and 4x4 ``affine`` (no voxel values)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @classmethod
+    def of(cls, volume: Volume) -> "Grid":
+        return cls(volume.path, tuple(volume.array.shape), volume.affine)
+
+
+def check_pair_grid(fixed: Grid, moving: Grid) -> None:
+    """Raise unless ``moving``, brought to the orientation of ``fixed``, has its shape and spacing
+    (registration maps voxel to voxel)."""
+    ornt = _transform_or_raise(moving.affine, fixed.affine, moving.path, fixed.path)
+    order = np.argsort(ornt[:, 0])  # input axis of each output axis
+    shape = tuple(moving.shape[i] for i in order)
+    spacing, fixed_spacing = voxel_spacing(moving.affine)[order], voxel_spacing(fixed.affine)
+    if shape != fixed.shape:
+        raise RegframeInputError(f"{moving.path}: shape {shape} (in the fixed orientation) differs from {fixed.path} "
+                                 f"shape {fixed.shape}; resample both to one grid first")
+    if not np.allclose(spacing, fixed_spacing, rtol=TOLERANCE):
+        raise RegframeInputError(f"{moving.path}: spacing {tuple(spacing.round(4).tolist())} mm (in the fixed "
+                                 f"orientation) differs from {fixed.path} spacing {tuple(fixed_spacing.round(4).tolist())} mm")
 
 
 def reorient_volume(volume: Volume, reference: np.ndarray, reference_path: Path | str) -> Volume:
