@@ -67,7 +67,7 @@ class Grid:
     affine: np.ndarray
 
     @classmethod
-    def of(cls, volume: Volume) -> "Grid":
+    def of(cls, volume: Volume) -> Grid:
         return cls(volume.path, tuple(volume.array.shape), volume.affine)
 
 

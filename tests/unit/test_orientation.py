@@ -9,7 +9,13 @@ import torch
 
 from regframe.errors import RegframeInputError
 from regframe.io import Volume
-from regframe.orientation import Grid, axis_transform, check_pair_grid, reorient_subject, reorient_volume
+from regframe.orientation import (
+    Grid,
+    axis_transform,
+    check_pair_grid,
+    reorient_subject,
+    reorient_volume,
+)
 
 SHAPE = (4, 5, 6)
 RAS = np.diag([2.0, 1.0, 3.0, 1.0])
@@ -27,7 +33,7 @@ def lps_permuted(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_axis_transform_of_known_grids():
-    stored, affine = lps_permuted(np.zeros(SHAPE))
+    _, affine = lps_permuted(np.zeros(SHAPE))
     np.testing.assert_array_equal(axis_transform(affine, RAS), [[2, 1], [1, -1], [0, -1]])
     np.testing.assert_array_equal(axis_transform(RAS, RAS), [[0, 1], [1, 1], [2, 1]])
     tilted = RAS.copy()
