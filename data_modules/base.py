@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations, permutations
+from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torch.utils.data._utils.collate import default_collate
 
 from regframe.errors import RegframeInputError
+from regframe.orientation import TOLERANCE, reorient_subject, voxel_spacing
 from regframe.preprocess import Preprocessing
 
 PAIR_MODES = ("unordered", "ordered")
@@ -63,6 +66,30 @@ def collate_pairs(items: list[dict]) -> dict:
         else:
             batch[key] = default_collate(values)
     return batch
+
+
+class CommonOrientation:
+    """The voxel-axis orientation every subject of a data module is brought to: the first
+    subject's. Later subjects stored with permuted or flipped axes (e.g. LPS instead of RAS) are
+    reoriented without interpolation; oblique axes, and (``check_spacing``) another voxel spacing,
+    are input errors naming the file."""
+
+    def __init__(self, check_spacing: bool = True) -> None:
+        self.check_spacing = check_spacing
+        self.affine: np.ndarray | None = None
+        self.path: Path | None = None
+
+    def conform(self, subject: dict, path: Path) -> dict:
+        """``subject`` (raw, see :mod:`regframe.preprocess`) in the reference orientation."""
+        if self.affine is None:
+            self.affine, self.path = subject["affine"], path
+            return subject
+        subject = reorient_subject(subject, self.affine, path, self.path)
+        spacing, reference = voxel_spacing(subject["affine"]), voxel_spacing(self.affine)
+        if self.check_spacing and not np.allclose(spacing, reference, rtol=TOLERANCE):
+            raise RegframeInputError(f"{path}: spacing {tuple(spacing.round(4).tolist())} mm differs from {self.path} "
+                                     f"spacing {tuple(reference.round(4).tolist())} mm; resample to one spacing first")
+        return subject
 
 
 class PairDataset(Dataset):

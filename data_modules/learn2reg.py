@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_modules.base import RegistrationDataModule, enumerate_pairs
+from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs
 from regframe.errors import RegframeInputError
 from regframe.learn2reg import Learn2RegSpec, SubjectEntry, _id_key, load_dataset_json, load_subject
 from regframe.preprocess import Preprocessing
@@ -20,7 +20,8 @@ class Learn2RegDataModule(RegistrationDataModule):
     training subjects (by default those not used in ``registration_val``; ``train_subjects`` lists
     ids such as ``"0001"`` or ``1`` to choose them). Validation and test both serve ``registration_val``.
     Intensities become ``(clip(x, *clamp) + shift) * scale``; ``resample_factor=0.5`` halves the
-    resolution (images linear, labels nearest; spacing doubles).
+    resolution (images linear, labels nearest; spacing doubles). Every subject is brought to the first
+    one's axis orientation (flips/permutations; keypoints follow) and must have its voxel spacing.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Learn2RegDataModule(RegistrationDataModule):
         self.preprocessing = Preprocessing(tuple(clamp) if clamp is not None else None, shift, scale, resample_factor)
         self.label_channel = label_channel
         self.spec: Learn2RegSpec | None = None
+        self.orientation = CommonOrientation()
         if type(self) is Learn2RegDataModule:  # subclasses record their own signature
             self.save_hyperparameters()
 
@@ -71,7 +73,7 @@ class Learn2RegDataModule(RegistrationDataModule):
                 subject = load_subject(entry, self.spec.label_names, self.label_channel)
             except RegframeInputError as err:
                 raise RegframeInputError(f"{err} (listed in {self.spec.json_path})") from err
-            subject = self.preprocessing.subject(subject)
+            subject = self.preprocessing.subject(self.orientation.conform(subject, entry.image))
             cache[entry.image] = subject
         return cache[entry.image]
 

@@ -10,6 +10,8 @@ becomes label 1. Pairs are either the two images of one case (``"fixed-moving"``
 or two cases of one side (``"fixed-fixed"``, ``"moving-moving"``: inter-patient). Cases are split
 train/val/test by a seeded permutation; every image is brought to one ``target_shape`` (centred
 pad/crop keeping the spacing, or resampling over the whole field of view) so pairs share a grid.
+Every image is first brought to the axis orientation of the first one read (flips/permutations);
+with ``pad_crop`` all must also share its voxel spacing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.base import RegistrationDataModule, enumerate_pairs
+from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs
 from regframe.learn2reg import label_ids
 from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 from regframe.errors import RegframeInputError
@@ -153,7 +155,9 @@ class PairedDataModule(RegistrationDataModule):
             raise RegframeInputError(f"{self.root}: cases {only[:5]} are not in both fixed_images and moving_images")
         self.splits = split_cases(cases, self.split, self.seed)
         used = sorted(c for part in self.splits.values() for c in part)  # cases outside the split are never read
-        raw = {(case, side): self._read(case, side, images[side], labels[side]) for case in used for side in sides}
+        orientation = CommonOrientation(check_spacing=self.resize == "pad_crop")
+        raw = {(case, side): orientation.conform(self._read(case, side, images[side], labels[side]), images[side][case])
+               for case in used for side in sides}
         shape = self.target_shape or self._default_shape(raw)
         subjects = {key: self._to_grid(subject, shape) for key, subject in raw.items()}
         self.label_names = {1: self.label_name} if all(labels.values()) else {}

@@ -101,9 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_wandb_offline()
     if argv and argv[0] in TOOLS:
         return run_tool(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print_tools()
     RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
     finish_wandb_run()
     return 0
+
+
+def print_tools() -> None:
+    """The tools section of ``regframe --help``, printed above LightningCLI's own help."""
+    width = max(len(name) for name in TOOLS)
+    lines = [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in TOOLS.items()]
+    print("regframe tools (regframe TOOL --help for options):", *lines, "",
+          "Training and evaluation with Lightning (regframe SUBCOMMAND --config CONFIG.yaml):", sep="\n")
 
 
 def finish_wandb_run() -> None:

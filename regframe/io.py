@@ -1,6 +1,6 @@
 """Image, label and displacement files: read through torchio (NIfTI ``.nii``/``.nii.gz``, NRRD
-``.nrrd``/``.nhdr``, MetaImage ``.mha``/``.mhd``), written as NIfTI; affines kept, never reoriented,
-errors name the file.
+``.nrrd``/``.nhdr``, MetaImage ``.mha``/``.mhd``), written as NIfTI; affines kept, never reoriented
+here (:mod:`regframe.orientation` does that), errors name the file.
 
 Arrays keep the axis order stored on disk (the regframe convention), so a displacement written
 here lines up voxel for voxel with the fixed image it was computed on. NIfTI files are read by

@@ -1,39 +1,52 @@
 """``regframe register``: apply a training-free method or a trained checkpoint to image pairs.
 
-Writes Learn2Reg displacement files (channel-last, voxels, on the fixed grid with its affine)
-and the warped moving image, and prints the time per pair.
+Writes, on the fixed grid with its affine: the Learn2Reg displacement (channel-last, voxels), the
+same field as an ITK displacement-field transform (mm, LPS; :mod:`regframe.itk`) and, for a single
+pair, the warped moving image; prints the time per pair. A moving image stored in another axis
+order or direction is reoriented to the fixed image first (:mod:`regframe.orientation`). Every
+option, input file and output name is checked before the first registration starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch import Tensor
 
 from regframe.checkpoint import read_checkpoint, recorded_preprocessing
 from regframe.errors import RegframeInputError
-from regframe.plugins import import_plugins
+from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.prealigned import AffinePrealigned
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.evaluate import displacement_name
-from regframe.io import Volume, read_image, write_displacement, write_nifti
+from regframe.io import Volume, image_stem, read_image, write_displacement, write_nifti
+from regframe.itk import write_itk_displacement
 from regframe.learn2reg import load_dataset_json
+from regframe.orientation import Grid, check_pair_grid, reorient_volume
+from regframe.plugins import import_plugins
 from regframe.preprocess import Preprocessing
 from regframe.spatial import resize_field, warp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fixed", nargs="?", help="fixed image (.nii, .nii.gz, .nrrd, .mha/.mhd)")
-    parser.add_argument("moving", nargs="?", help="moving image, on the fixed image's grid")
+    parser.add_argument("moving", nargs="?", help="moving image: the fixed grid in any axis order/direction")
     parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
     parser.add_argument("--method", help="training-free method name (see --list-methods)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method")
+    parser.add_argument("--affine", action="store_true",
+                        help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
     parser.add_argument("--list-methods", action="store_true", help="print the training-free methods and exit")
     parser.add_argument("--clamp", type=float, nargs=2, metavar=("LOW", "HIGH"), help="intensity clamp before scaling")
     parser.add_argument("--shift", type=float, help="added after clamping")
@@ -42,25 +55,124 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_estimator(args: argparse.Namespace) -> tuple[Callable[[Tensor, Tensor], Tensor], Preprocessing]:
-    """Build the displacement function and its preprocessing from ``--method`` or ``--checkpoint``."""
+@dataclass(frozen=True)
+class PairJob:
+    """The input images of one pair and the files registering it writes."""
+
+    fixed: Path
+    moving: Path
+    disp: Path
+    disp_itk: Path
+    warped: Path | None = None
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.disp, self.disp_itk, self.warped) if p is not None]
+
+
+class CheckpointEstimator(DisplacementEstimator):
+    """A trained method's displacement (``predict_displacement``: its test-time refinement included)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        return self.model.predict_displacement({"fixed": fixed, "moving": moving})
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that need no file: the output folder, the device and the preprocessing overrides."""
+    if args.out is None:
+        raise RegframeInputError("--out DIR is required")
+    if args.out.is_file() or image_stem(args.out) is not None:
+        raise RegframeInputError(f"--out {args.out}: --out is a directory, not a file name")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise RegframeInputError(f"--device {args.device}: not a device ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RegframeInputError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RegframeInputError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if args.resample_factor is not None and not (math.isfinite(args.resample_factor) and args.resample_factor > 0):
+        raise RegframeInputError(f"--resample-factor {args.resample_factor}: must be > 0 (0.5 = half resolution)")
+    if args.clamp is not None and not args.clamp[0] < args.clamp[1]:
+        raise RegframeInputError(f"--clamp {args.clamp[0]:g} {args.clamp[1]:g}: LOW must be below HIGH")
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale != 0):
+        raise RegframeInputError(f"--scale {args.scale}: must be a non-zero number")
+    if args.shift is not None and not math.isfinite(args.shift):
+        raise RegframeInputError(f"--shift {args.shift}: must be a finite number")
+
+
+def plan_jobs(args: argparse.Namespace) -> list[PairJob]:
+    """The pairs to register and their output files (from FIXED MOVING or ``--dataset``)."""
+    if args.dataset is not None:
+        if args.fixed or args.moving:
+            raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
+        spec = load_dataset_json(args.dataset)
+        return [PairJob(p.fixed.image, p.moving.image, args.out / displacement_name(p),
+                        args.out / f"disp_itk_{p.pair_id}.nii.gz") for p in spec.registration_val]
+    if not (args.fixed and args.moving):
+        raise RegframeInputError("give FIXED MOVING images, or --dataset JSON")
+    return [PairJob(Path(args.fixed), Path(args.moving), args.out / "disp.nii.gz", args.out / "disp_itk.nii.gz",
+                    args.out / "warped.nii.gz")]
+
+
+def check_outputs(jobs: list[PairJob], overwrite: bool) -> None:
+    """No output replaces an input image, is written twice, or replaces an earlier result silently."""
+    inputs = {p.resolve() for job in jobs for p in (job.fixed, job.moving)}
+    written: set[Path] = set()
+    for job in jobs:
+        for path in job.outputs:
+            resolved = path.resolve()
+            if resolved in inputs:
+                raise RegframeInputError(f"{path}: is an input image and would be overwritten; choose another --out")
+            if resolved in written:
+                raise RegframeInputError(f"{path}: would be written by two pairs (a pair listed twice?)")
+            if path.exists() and not overwrite:
+                raise RegframeInputError(f"{path}: exists; pass --overwrite to replace it")
+            written.add(resolved)
+
+
+def read_input(path: Path, prep: Preprocessing) -> Volume:
+    """Read an input image; an image without contrast after preprocessing is an input error."""
+    volume = read_image(path)
+    network_input = prep.image(volume.array)
+    low, high = float(network_input.min()), float(network_input.max())
+    if low == high:
+        raise RegframeInputError(f"{path}: image has no contrast after preprocessing (every voxel is {low:g}); "
+                                 "check the image and --clamp/--shift/--scale")
+    return volume
+
+
+def check_inputs(jobs: list[PairJob], prep: Preprocessing) -> None:
+    """Read every input image once (readable, contrast) and check each pair's grids, before any
+    registration starts."""
+    grids = {path: Grid.of(read_input(path, prep)) for path in dict.fromkeys(p for j in jobs for p in (j.fixed, j.moving))}
+    for job in jobs:
+        check_pair_grid(grids[job.fixed], grids[job.moving])
+
+
+def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator, Preprocessing]:
+    """Build the estimator and its preprocessing from ``--method`` or ``--checkpoint`` (and ``--affine``)."""
     if (args.method is None) == (args.checkpoint is None):
         raise RegframeInputError("give exactly one of --method NAME or --checkpoint CKPT")
     prep = Preprocessing()
     if args.method is not None:
-        estimator = build_training_free(args.method).to(args.device).eval()
-        run = lambda fixed, moving: estimator(fixed, moving)  # noqa: E731
+        estimator = build_training_free(args.method)
     else:
         from regframe.methods.base import RegistrationModule
 
         model, prep = load_checkpoint(args.checkpoint, RegistrationModule)
-        model = model.to(args.device).eval()
-        run = lambda fixed, moving: model.predict_displacement({"fixed": fixed, "moving": moving})  # noqa: E731
+        estimator = CheckpointEstimator(model)
+    if args.affine:
+        estimator = AffinePrealigned(estimator)
     overrides = {name: getattr(args, name) for name in ("clamp", "shift", "scale", "resample_factor")
                  if getattr(args, name) is not None}
     if overrides:
         prep = Preprocessing.from_dict({**prep.to_dict(), **overrides})
-    return run, prep
+    return estimator.to(args.device).eval(), prep
 
 
 def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
@@ -92,19 +204,14 @@ def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
     return method
 
 
-def register_pair(run: Callable[[Tensor, Tensor], Tensor], prep: Preprocessing, fixed: Volume, moving: Volume,
+def register_pair(estimator: DisplacementEstimator, prep: Preprocessing, fixed: Volume, moving: Volume,
                   device: str) -> tuple[Tensor, float]:
-    """Estimate the displacement (voxels, fixed grid, ``(D, *S)``) of one pair and its time in seconds."""
-    if fixed.array.shape != moving.array.shape:
-        raise RegframeInputError(
-            f"{moving.path}: shape {moving.array.shape} differs from fixed {fixed.path} shape {fixed.array.shape}; "
-            "resample both to one grid first")
-    if not np.allclose(fixed.spacing, moving.spacing, rtol=1e-3):
-        raise RegframeInputError(f"{moving.path}: spacing {moving.spacing} differs from fixed {fixed.path} spacing {fixed.spacing}")
+    """Estimate the displacement (voxels, fixed grid, ``(D, *S)``) of one pair, ``moving`` already in
+    the fixed orientation, and its time in seconds."""
     f, m = prep.image(fixed.array).to(device), prep.image(moving.array).to(device)
     start = time.perf_counter()
     with torch.no_grad():
-        disp = run(f, m)
+        disp = estimator(f, m)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -112,37 +219,32 @@ def register_pair(run: Callable[[Tensor, Tensor], Tensor], prep: Preprocessing, 
     return disp[0].cpu(), seconds
 
 
-def write_outputs(out_dir: Path, name: str, disp: Tensor, fixed: Volume, moving: Volume, warped_name: str | None) -> None:
-    write_displacement(out_dir / name, disp, fixed.affine)
-    if warped_name is not None:
+def write_outputs(job: PairJob, disp: Tensor, fixed: Volume, moving: Volume) -> None:
+    """The Learn2Reg field, the ITK transform and (single pairs) the warped moving image."""
+    write_displacement(job.disp, disp, fixed.affine)
+    write_itk_displacement(job.disp_itk, disp, fixed.affine, moving.affine)
+    if job.warped is not None:
         moving_t = torch.from_numpy(moving.array)[None, None]
-        write_nifti(out_dir / warped_name, warp(moving_t, disp[None])[0, 0].numpy(), fixed.affine)
+        write_nifti(job.warped, warp(moving_t, disp[None])[0, 0].numpy(), fixed.affine)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.list_methods:
         print("\n".join(sorted(TRAINING_FREE)))
         return 0
-    if args.out is None:
-        raise RegframeInputError("--out DIR is required")
-    run, prep = load_estimator(args)
-    if args.dataset is not None:
-        if args.fixed or args.moving:
-            raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
-        spec = load_dataset_json(args.dataset)
-        pairs = [(p.fixed.image, p.moving.image, displacement_name(p)) for p in spec.registration_val]
-        warped_names: list[str | None] = [None] * len(pairs)
-    else:
-        if not (args.fixed and args.moving):
-            raise RegframeInputError("give FIXED MOVING images, or --dataset JSON")
-        pairs = [(Path(args.fixed), Path(args.moving), "disp.nii.gz")]
-        warped_names = ["warped.nii.gz"]
+    check_options(args)
+    jobs = plan_jobs(args)
+    check_outputs(jobs, args.overwrite)
+    estimator, prep = load_estimator(args)
+    check_inputs(jobs, prep)
     times = []
-    for (fixed_path, moving_path, name), warped_name in zip(pairs, warped_names):
-        fixed, moving = read_image(fixed_path), read_image(moving_path)
-        disp, seconds = register_pair(run, prep, fixed, moving, args.device)
-        write_outputs(args.out, name, disp, fixed, moving, warped_name)
+    steps = track(jobs, description="registering", console=Console(stderr=True)) if len(jobs) > 1 else jobs
+    for job in steps:
+        fixed = read_image(job.fixed)
+        moving = reorient_volume(read_image(job.moving), fixed.affine, fixed.path)
+        disp, seconds = register_pair(estimator, prep, fixed, moving, args.device)
+        write_outputs(job, disp, fixed, moving)
         times.append(seconds)
-        print(f"{name}: {seconds:.2f} s")
+        print(f"{job.disp.name}: {seconds:.2f} s")
     print(f"{len(times)} pair(s), mean {np.mean(times):.2f} s/pair on {args.device}")
     return 0

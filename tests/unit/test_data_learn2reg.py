@@ -267,3 +267,55 @@ def test_reloaded_train_loader_draws_a_new_order_each_epoch(tmp_path):
         orders.append([i for batch in dm.train_dataloader() for i in batch["pair_index"].tolist()])
     assert orders[0] == orders[2] and orders[0] != orders[1]
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(len(dm.train_pairs)))
+
+
+# --- geometry: orientation and spacing across subjects ----------------------------------------
+
+def _store_flipped(root: Path, k: int) -> None:
+    """Store subject ``k`` (image, label, keypoints) as the same physical image with axes 0 and 1
+    flipped (LPS instead of RAS)."""
+    import nibabel as nib
+
+    name = f"Tiny_{k:04d}_0000"
+    flip = np.array([[-1, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    for folder in ("imagesTr", "labelsTr"):
+        image = nib.load(str(root / folder / f"{name}.nii.gz"))
+        write_nifti(root / folder / f"{name}.nii.gz", np.asanyarray(image.dataobj)[::-1, ::-1].copy(), image.affine @ flip)
+    points = np.loadtxt(root / "keypointsTr" / f"{name}.csv", delimiter=",", ndmin=2)
+    np.savetxt(root / "keypointsTr" / f"{name}.csv", points @ np.linalg.inv(flip)[:3, :3].T + np.linalg.inv(flip)[:3, 3],
+               delimiter=",")
+
+
+def test_subject_stored_flipped_is_reoriented_to_the_first(tmp_path: Path):
+    original = Learn2RegDataModule(str(_write_dataset(tmp_path / "ras", keypoints=True)), exclude_val_subjects=False)
+    root = tmp_path / "lps"
+    flipped = _write_dataset(root, keypoints=True)
+    _store_flipped(root, 3)
+    dm = Learn2RegDataModule(str(flipped), exclude_val_subjects=False)
+    original.setup()
+    dm.setup()
+    for a, b in zip(original.train_subjects, dm.train_subjects):
+        for key in ("image", "label"):
+            torch.testing.assert_close(b[key], a[key])
+        torch.testing.assert_close(b["points"], a["points"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(b["affine"], a["affine"])
+
+
+def test_oblique_subject_is_refused(dataset: Path):
+    import nibabel as nib
+
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
+    for folder in ("imagesTr", "labelsTr"):
+        image = nib.load(str(dataset.parent / folder / "Tiny_0002_0000.nii.gz"))
+        write_nifti(dataset.parent / folder / "Tiny_0002_0000.nii.gz", np.asanyarray(image.dataobj), rotation @ image.affine)
+    message = _error(dataset)
+    assert "imagesTr/Tiny_0002_0000.nii.gz: axes are rotated against" in message and "Tiny_0001_0000" in message
+
+
+def test_subject_with_another_spacing_is_refused(dataset: Path):
+    affine = np.diag([SPACING, SPACING, 1.5 * SPACING, 1.0])
+    for folder in ("imagesTr", "labelsTr"):
+        write_nifti(dataset.parent / folder / "Tiny_0003_0000.nii.gz", np.zeros(SHAPE, np.uint8), affine)
+    message = _error(dataset)
+    assert "imagesTr/Tiny_0003_0000.nii.gz: spacing (2.0, 2.0, 3.0) mm differs from" in message

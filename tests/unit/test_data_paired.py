@@ -132,3 +132,30 @@ def test_metaimage_and_nrrd_folders_give_the_same_subjects(layout: Path, tmp_pat
     for a, b in zip(nifti.train_subjects + nifti.val_subjects, other.train_subjects + other.val_subjects):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
         np.testing.assert_allclose(a["affine"], b["affine"], atol=1e-9)
+
+
+def test_image_stored_flipped_is_reoriented_and_other_spacing_refused(layout: Path, tmp_path: Path):
+    """A moving image (and its label) stored LPS instead of RAS gives the same subjects; with
+    ``pad_crop`` a different voxel spacing is an error naming the file."""
+    import shutil
+
+    import nibabel as nib
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(layout, flipped)
+    flip = np.array([[-1, 0, 0, MOVING[0] - 1], [0, -1, 0, MOVING[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    for folder in ("moving_images", "moving_labels"):
+        image = nib.load(str(layout / folder / "obs002.nii.gz"))
+        write_nifti(flipped / folder / "obs002.nii.gz", np.asanyarray(image.dataobj)[::-1, ::-1].copy(), AFFINE @ flip)
+    original = PairedDataModule(str(layout), pair_kind="moving-moving", split=(6, 0, 0))
+    other = PairedDataModule(str(flipped), pair_kind="moving-moving", split=(6, 0, 0))
+    original.setup()
+    other.setup()
+    for a, b in zip(original.train_subjects, other.train_subjects):
+        torch.testing.assert_close(b["image"], a["image"])
+        torch.testing.assert_close(b["label"], a["label"])
+
+    shutil.rmtree(flipped / "moving_labels")
+    write_nifti(flipped / "moving_images" / "obs003.nii.gz", np.zeros(MOVING, np.uint8), np.diag([1.5, 1.5, 2.0, 1.0]))
+    with pytest.raises(RegframeInputError, match=r"moving_images/obs003.nii.gz: spacing \(1.5, 1.5, 2.0\) mm differs"):
+        PairedDataModule(str(flipped), pair_kind="moving-moving", split=(6, 0, 0)).setup()
