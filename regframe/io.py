@@ -114,7 +114,7 @@ def read_label(path: str | Path, channel: int | None = None) -> Volume:
         if channel is None:
             raise RegframeInputError(
                 f"{path}: label file has {channels} channels (shape {(*data.shape[1:], channels)}); "
-                "set label_channel to choose one")
+                "choose one with `label_channel` (data modules) or `--label-channel` (regframe evaluate, apply)")
         if not 0 <= channel < channels:
             raise RegframeInputError(f"{path}: label_channel {channel} out of range for {channels} channels")
         array = (data[channel] > 0.5).numpy()
