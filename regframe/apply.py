@@ -29,6 +29,7 @@ import torch
 from regframe.errors import RegframeInputError
 from regframe.io import Volume, read_displacement, read_image, read_label, write_nifti
 from regframe.learn2reg import read_keypoints
+from regframe.orientation import reorient_volume
 from regframe.points import fixed_to_moving, moving_to_fixed, voxel_to_world, world_to_voxel
 from regframe.spatial import warp, warp_labels
 
@@ -190,6 +191,12 @@ def apply_points(args: argparse.Namespace, field: Field, moving_affine: np.ndarr
     print(f"{len(points)} {space}-grid points mapped to the {'moving' if space == 'fixed' else 'fixed'} grid: {args.out}")
 
 
+def oriented(volume: Volume, field: Field, moving_grid: Path | None) -> Volume:
+    """A volume on the moving grid, brought to the field's axis order and directions (no
+    interpolation); without ``--moving-grid`` the volume must lie on the fixed grid as stored."""
+    return volume if moving_grid is None else reorient_volume(volume, field.affine, field.path)
+
+
 def main(args: argparse.Namespace) -> int:
     """Check every input and the output first, then warp and write; bad input raises ``RegframeInputError``."""
     _check_options(args)
@@ -200,19 +207,23 @@ def main(args: argparse.Namespace) -> int:
     if args.moving_grid is None:  # volumes to warp must then lie on the fixed grid itself
         affine, grid_name = field.affine, f"field's fixed grid ({field.path})"
         hint = "; pass --moving-grid MOVING_IMAGE if it lies on the moving image's grid"
-    else:
-        moving_grid = read_image(args.moving_grid)
+    else:  # a moving grid stored in another axis order/direction is reoriented, as `register` does
+        stored = read_image(args.moving_grid)
+        moving_grid = reorient_volume(stored, field.affine, field.path)
+        if moving_grid is not stored and args.points is not None and args.points_units == "voxel":
+            raise RegframeInputError(f"{stored.path}: stored in another orientation than the field {field.path}; "
+                                     "give the points in world coordinates (--points-units mm)")
         check_moving_grid(field, moving_grid)
         affine, grid_name, hint = moving_grid.affine, f"--moving-grid {moving_grid.path}", ""
     if args.points is not None:
         apply_points(args, field, affine)
         return 0
     if args.image is not None:
-        volume = read_image(args.image)
+        volume = oriented(read_image(args.image), field, args.moving_grid)
         check_on_grid(volume, field.shape, affine, grid_name, hint)
         warped = warp_image(field, volume)
     else:
-        volume = read_label(args.labels, channel=args.label_channel)
+        volume = oriented(read_label(args.labels, channel=args.label_channel), field, args.moving_grid)
         check_on_grid(volume, field.shape, affine, grid_name, hint)
         warped = warp_label_map(field, volume, args.label_interp or "nearest")
     write_nifti(args.out, warped, field.affine)

@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from regframe.io import write_displacement, write_nifti
+from regframe.io import read_image, write_displacement, write_nifti
 from regframe.points import moving_to_fixed
 from regframe.tools import run_tool
 
@@ -166,13 +166,31 @@ def test_refuses_inputs_on_the_wrong_grid(files, tmp_path, capsys):
                           str(paths["image_moving_grid"]), "--out", out], "image_fixed_grid.nii.gz", "affine differs")
     small = write_nifti(tmp_path / "small.nii.gz", image[:10], FIXED_AFFINE)
     expect_error(capsys, [disp, "--image", str(small), "--out", out], "small.nii.gz", "shape")
-    flipped = write_nifti(tmp_path / "lps.nii.gz", image, np.diag([-1.0, -1.0, 1.0, 1.0]) @ MOVING_AFFINE)
-    expect_error(capsys, [disp, "--image", str(flipped), "--moving-grid", str(flipped), "--out", out],
-                 "lps.nii.gz", "directions")
+    oblique = write_nifti(tmp_path / "oblique.nii.gz", image,
+                          MOVING_AFFINE @ np.array([[0.9, -0.436, 0, 0], [0.436, 0.9, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    expect_error(capsys, [disp, "--image", str(oblique), "--moving-grid", str(oblique), "--out", out], "oblique.nii.gz")
     coarse = write_nifti(tmp_path / "coarse.nii.gz", image, np.diag([3.0, 3.0, 3.0, 1.0]))
     expect_error(capsys, [disp, "--image", str(coarse), "--moving-grid", str(coarse), "--out", out], "spacing")
     expect_error(capsys, [disp, "--labels", str(paths["onehot"]), "--out", out], "onehot.nii.gz", "label_channel")
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_moving_image_stored_in_lps_warps_like_the_original(files, tmp_path):
+    """The same physical moving image stored with flipped axes (LPS instead of RAS) is reoriented to
+    the field's axes, so it warps exactly like the original."""
+    paths, _, _ = files
+    original = read_image(paths["image_moving_grid"])
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [s - 1 for s in original.array.shape[:2]]              # voxel i -> n-1-i on axes 0, 1
+    lps = write_nifti(tmp_path / "lps.nii.gz", original.array[::-1, ::-1].copy(), original.affine @ flip)
+    outputs = []
+    for name, source in (("a", paths["image_moving_grid"]), ("b", lps)):
+        out = tmp_path / f"{name}.nii.gz"
+        assert run_tool(["apply", str(paths["disp"]), "--image", str(source), "--moving-grid", str(source),
+                         "--out", str(out)]) == 0
+        outputs.append(read(out))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
 
 
 def test_refuses_bad_options_and_never_overwrites_silently(files, tmp_path, capsys):
