@@ -2,7 +2,8 @@
 
 Writes, on the fixed grid with its affine: the Learn2Reg displacement (channel-last, voxels), the
 same field as an ITK displacement-field transform (mm, LPS; :mod:`regframe.itk`) and, for a single
-pair, the warped moving image; prints the time per pair. A moving image stored in another axis
+pair, the warped moving image; prints the time per pair. Optional masks restrict what drives the
+registration: outside a mask the image is set to its background before estimation. A moving image stored in another axis
 order or direction is reoriented to the fixed image first (:mod:`regframe.orientation`). Every
 option, input file and output name is checked before the first registration starts.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import track
 from torch import Tensor
@@ -28,7 +30,7 @@ from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.prealigned import AffinePrealigned
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.evaluate import displacement_name
-from regframe.io import Volume, image_stem, read_image, write_displacement, write_nifti
+from regframe.io import Volume, image_stem, read_image, read_label, write_displacement, write_nifti
 from regframe.itk import write_itk_displacement
 from regframe.learn2reg import load_dataset_json
 from regframe.orientation import Grid, check_pair_grid, reorient_volume
@@ -47,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method")
     parser.add_argument("--affine", action="store_true",
                         help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
+    parser.add_argument("--fixed-mask", type=Path, help="fixed-image mask (label file, non-zero = inside)")
+    parser.add_argument("--moving-mask", type=Path, help="moving-image mask (label file, non-zero = inside)")
+    parser.add_argument("--masks", action="store_true",
+                        help="with --dataset: use each scan's mask from the Learn2Reg masksTr/ folder")
     parser.add_argument("--list-methods", action="store_true", help="print the training-free methods and exit")
     parser.add_argument("--clamp", type=float, nargs=2, metavar=("LOW", "HIGH"), help="intensity clamp before scaling")
     parser.add_argument("--shift", type=float, help="added after clamping")
@@ -64,6 +70,8 @@ class PairJob:
     disp: Path
     disp_itk: Path
     warped: Path | None = None
+    fixed_mask: Path | None = None
+    moving_mask: Path | None = None
 
     @property
     def outputs(self) -> list[Path]:
@@ -110,13 +118,24 @@ def plan_jobs(args: argparse.Namespace) -> list[PairJob]:
     if args.dataset is not None:
         if args.fixed or args.moving:
             raise RegframeInputError("give either FIXED MOVING or --dataset, not both")
+        if args.fixed_mask or args.moving_mask:
+            raise RegframeInputError("with --dataset the masks come from masksTr/: use --masks")
         spec = load_dataset_json(args.dataset)
-        return [PairJob(p.fixed.image, p.moving.image, args.out / displacement_name(p),
-                        args.out / f"disp_itk_{p.pair_id}.nii.gz") for p in spec.registration_val]
+        jobs = [PairJob(p.fixed.image, p.moving.image, args.out / displacement_name(p),
+                        args.out / f"disp_itk_{p.pair_id}.nii.gz",
+                        fixed_mask=p.fixed.mask if args.masks else None,
+                        moving_mask=p.moving.mask if args.masks else None) for p in spec.registration_val]
+        for job, pair in zip(jobs, spec.registration_val):
+            for image, mask in ((job.fixed, job.fixed_mask), (job.moving, job.moving_mask)):
+                if args.masks and mask is None:
+                    raise RegframeInputError(f"{image}: --masks but no mask for it in {spec.root / 'masksTr'}")
+        return jobs
     if not (args.fixed and args.moving):
         raise RegframeInputError("give FIXED MOVING images, or --dataset JSON")
+    if args.masks:
+        raise RegframeInputError("--masks needs --dataset; for one pair give --fixed-mask/--moving-mask")
     return [PairJob(Path(args.fixed), Path(args.moving), args.out / "disp.nii.gz", args.out / "disp_itk.nii.gz",
-                    args.out / "warped.nii.gz")]
+                    args.out / "warped.nii.gz", args.fixed_mask, args.moving_mask)]
 
 
 def check_outputs(jobs: list[PairJob], overwrite: bool) -> None:
@@ -146,11 +165,27 @@ def read_input(path: Path, prep: Preprocessing) -> Volume:
     return volume
 
 
+def read_mask(path: Path, image: Volume) -> Volume:
+    """A mask (non-zero = inside) on ``image``'s grid, brought to its axis order; empty masks are an error."""
+    mask = reorient_volume(read_label(path), image.affine, image.path)
+    if mask.array.shape != image.array.shape or not np.allclose(mask.affine, image.affine, atol=1e-3):
+        raise RegframeInputError(f"{path}: mask grid differs from its image {image.path}")
+    if not mask.array.any():
+        raise RegframeInputError(f"{path}: mask is empty")
+    return mask
+
+
 def check_inputs(jobs: list[PairJob], prep: Preprocessing) -> None:
-    """Read every input image once (readable, contrast) and check each pair's grids, before any
-    registration starts."""
-    grids = {path: Grid.of(read_input(path, prep)) for path in dict.fromkeys(p for j in jobs for p in (j.fixed, j.moving))}
+    """Read every input image once (readable, contrast), its mask if any (grid, not empty), and check
+    each pair's grids, before any registration starts."""
+    grids = {}
     for job in jobs:
+        for image, mask in ((job.fixed, job.fixed_mask), (job.moving, job.moving_mask)):
+            if image not in grids:
+                volume = read_input(image, prep)
+                if mask is not None:
+                    read_mask(mask, volume)
+                grids[image] = Grid.of(volume)
         check_pair_grid(grids[job.fixed], grids[job.moving])
 
 
@@ -204,11 +239,24 @@ def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
     return method
 
 
+def masked_input(volume: Volume, mask: Volume | None, prep: Preprocessing) -> Tensor:
+    """The network input ``(1, 1, *S')`` of ``volume``; outside ``mask`` every voxel is set to the
+    image's minimum after preprocessing (its background), so nothing there drives the registration."""
+    image = prep.image(volume.array)
+    if mask is None:
+        return image
+    inside = F.interpolate(torch.from_numpy(mask.array != 0)[None, None].float(), size=image.shape[2:],
+                           mode="nearest-exact") > 0.5
+    return torch.where(inside, image, image.min())
+
+
 def register_pair(estimator: DisplacementEstimator, prep: Preprocessing, fixed: Volume, moving: Volume,
-                  device: str) -> tuple[Tensor, float]:
-    """Estimate the displacement (voxels, fixed grid, ``(D, *S)``) of one pair, ``moving`` already in
-    the fixed orientation, and its time in seconds."""
-    f, m = prep.image(fixed.array).to(device), prep.image(moving.array).to(device)
+                  device: str, fixed_mask: Volume | None = None,
+                  moving_mask: Volume | None = None) -> tuple[Tensor, float]:
+    """Estimate the displacement (voxels, fixed grid, ``(D, *S)``) of one pair, ``moving`` (and its
+    mask) already in the fixed orientation, and its time in seconds."""
+    f = masked_input(fixed, fixed_mask, prep).to(device)
+    m = masked_input(moving, moving_mask, prep).to(device)
     start = time.perf_counter()
     with torch.no_grad():
         disp = estimator(f, m)
@@ -242,7 +290,9 @@ def main(args: argparse.Namespace) -> int:
     for job in steps:
         fixed = read_image(job.fixed)
         moving = reorient_volume(read_image(job.moving), fixed.affine, fixed.path)
-        disp, seconds = register_pair(estimator, prep, fixed, moving, args.device)
+        fixed_mask = read_mask(job.fixed_mask, fixed) if job.fixed_mask else None
+        moving_mask = read_mask(job.moving_mask, moving) if job.moving_mask else None
+        disp, seconds = register_pair(estimator, prep, fixed, moving, args.device, fixed_mask, moving_mask)
         write_outputs(job, disp, fixed, moving)
         times.append(seconds)
         print(f"{job.disp.name}: {seconds:.2f} s")

@@ -242,3 +242,34 @@ def test_help_lists_the_tools(capsys):
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert all(tool in out for tool in ("register", "evaluate", "data")) and "fit" in out
+
+
+def test_nothing_outside_the_masks_drives_the_registration(phantom, tmp_path, capsys):
+    """Masks: two pairs that differ only outside the masks (a bright 'table' in one) give identical
+    fields, while without masks the table changes the field; bad masks are refused before any work."""
+    fixed_path, moving_path = pair_files(phantom)
+    fixed, moving = read_image(fixed_path), read_image(moving_path)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[4:-4, 4:-10, 4:-4] = 1
+    masks = [write_nifti(tmp_path / f"{side}_mask.nii.gz", mask, volume.affine)
+             for side, volume in (("fixed", fixed), ("moving", moving))]
+    with_table = moving.array.copy()
+    with_table[:, -6:, :] = 2000.0                                          # outside the moving mask
+    table_path = write_nifti(tmp_path / "moving_table.nii.gz", with_table, moving.affine)
+    fields = {}
+    for name, source, extra in (("plain", moving_path, []), ("table", table_path, []),
+                                ("plain_masked", moving_path, ["--fixed-mask", str(masks[0]), "--moving-mask", str(masks[1])]),
+                                ("table_masked", table_path, ["--fixed-mask", str(masks[0]), "--moving-mask", str(masks[1])])):
+        out = tmp_path / name
+        assert main(["register", str(fixed_path), str(source), "--out", str(out), "--method", "affine", *extra]) == 0
+        fields[name] = read_displacement(out / "disp.nii.gz", SHAPE)
+    torch.testing.assert_close(fields["plain_masked"], fields["table_masked"], rtol=0, atol=0)
+    assert (fields["plain"] - fields["table"]).abs().max() > 0.1
+    empty = write_nifti(tmp_path / "empty.nii.gz", np.zeros(SHAPE, dtype=np.uint8), fixed.affine)
+    small = write_nifti(tmp_path / "small.nii.gz", mask[:-2], fixed.affine)
+    for bad, fragment in ((empty, "empty"), (small, "grid differs")):
+        assert main(["register", str(fixed_path), str(moving_path), "--out", str(tmp_path / "bad"),
+                     "--method", "affine", "--fixed-mask", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and bad.name in err and fragment in err
+    assert not (tmp_path / "bad").exists()
