@@ -7,6 +7,7 @@ as ``checkpoint["preprocessing"]`` so inference prepares new images exactly as i
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,12 @@ def read_checkpoint(path: str | Path, what: str = "regframe") -> dict[str, Any]:
         raise RegframeInputError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise RegframeInputError(f"{path}: refused: it holds Python objects beyond weights and plain values, which "
+                                 "could run code when loaded (torch.load weights_only)") from err
     except Exception as err:
-        raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise RegframeInputError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first_line})") from err
     if not isinstance(state, dict) or "state_dict" not in state or "hyper_parameters" not in state:
         raise RegframeInputError(f"{path}: not a {what} Lightning checkpoint (no state_dict/hyper_parameters)")
     return state

@@ -77,3 +77,27 @@ def test_checkpoint_without_preprocessing_is_an_input_error(trained_checkpoint, 
     torch.save(ckpt, stripped)
     with pytest.raises(RegframeInputError, match="stripped.ckpt: no 'preprocessing' record"):
         load_checkpoint(stripped, RegistrationModule)
+
+
+class _Payload:
+    """Unpickling this object would create a file: what a crafted checkpoint can do to a plain
+    ``torch.load``."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_crafted_checkpoint_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "created_by_checkpoint"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(marker)}}, crafted)
+    code = main(["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--out", str(tmp_path / "out"),
+                 "--checkpoint", str(crafted)])
+    assert code == 2 and not marker.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "crafted.ckpt" in err
+    torch.load(crafted, weights_only=False)  # the payload is real: a plain load does create the file
+    assert marker.exists()
