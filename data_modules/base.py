@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations, permutations
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +24,13 @@ from regframe.errors import RegframeInputError
 from regframe.preprocess import Preprocessing
 
 PAIR_MODES = ("unordered", "ordered")
+
+
+def require_path(path: str | Path, option: str, folder: bool = False) -> None:
+    """Cheap check at construction (before any run starts): ``path`` (option ``option``) must be an
+    existing file, or folder with ``folder=True``; else a one-line error naming both."""
+    if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        raise RegframeInputError(f"{path}: {'folder' if folder else 'file'} not found ({option})")
 
 
 def enumerate_pairs(count: int, mode: str) -> list[tuple[int, int]]:

@@ -17,8 +17,10 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from regframe.errors import RegframeInputError
+from regframe.methods.base import NonFiniteLossError
 from regframe.plugins import import_plugins
-from regframe.run_config import RunConfigCallback
+from regframe.run_config import RunConfigCallback, continue_wandb_run
 from regframe.tools import TOOLS, run_tool
 
 
@@ -75,6 +77,11 @@ class RegframeCLI(LightningCLI):
             parser.error(f"{err.full_key}: {message} (interpolation paths are relative: "
                          "${..model.init_args.stages} in a trainer option)")
 
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path X`` continues the W&B run that wrote ``X`` (before any logger exists)."""
+        if self.subcommand == "fit":
+            continue_wandb_run(self.config.fit)
+
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Add a Rich progress bar unless the config disables progress bars or brings its own."""
         config = self._get(self.config_init, "trainer", default={})
@@ -101,8 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_wandb_offline()
     if argv and argv[0] in TOOLS:
         return run_tool(argv)
-    RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
-    finish_wandb_run()
+    command = next((a for a in argv if a in RegframeCLI.subcommands()), "")
+    try:
+        RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+    except RegframeInputError as err:  # bad input: raised while building the classes or before training
+        print(f"regframe {command}: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"regframe {command}: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        finish_wandb_run()
     return 0
 
 
