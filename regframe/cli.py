@@ -111,15 +111,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if a in RegframeCLI.subcommands()), "")
     try:
         RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
-    except RegframeInputError as err:  # bad input: raised while building the classes or before training
-        print(f"regframe {command}: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"regframe {command}: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        cause = reported_cause(err)
+        if cause is None:
+            raise
+        print(f"regframe {command}: error: {cause}", file=sys.stderr)
+        return 2 if isinstance(cause, RegframeInputError) else 1
     finally:
         finish_wandb_run()
     return 0
+
+
+def reported_cause(err: BaseException) -> RegframeInputError | NonFiniteLossError | None:
+    """The bad-input error (raised while the classes are built, where jsonargparse wraps it, or before
+    training) or the non-finite-loss stop behind ``err``; ``None`` for any other failure."""
+    while err is not None and not isinstance(err, (RegframeInputError, NonFiniteLossError)):
+        err = err.__cause__
+    return err
 
 
 def finish_wandb_run() -> None:
