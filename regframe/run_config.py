@@ -99,8 +99,8 @@ class RunConfigCallback(SaveConfigCallback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                checkpoint[WANDB_RUN_KEY] = logger.experiment.id
+            if isinstance(logger, WandbLogger) and logger.version is not None:
+                checkpoint[WANDB_RUN_KEY] = logger.version
 
 
 def continue_wandb_run(config: Namespace) -> None:

@@ -22,7 +22,8 @@ def only_error_line(stderr: str) -> str:
 
 @pytest.mark.parametrize(("config", "expected"), [
     ("abdomen_cst.yaml", "regframe fit: error: data/AbdomenCTCT/AbdomenCTCT_dataset.json: file not found (dataset_json)"),
-    ("prostate_us_adacs.yaml", "regframe fit: error: ../shared/data/prostate_mr_us: folder not found (root)"),
+    ("prostate_us_adacs.yaml", "regframe fit: error: ../shared/data/prostate_mr_us: folder not found (root: the "
+                               "folder holding fixed_images/ and moving_images/)"),
 ])
 def test_missing_data_path_fails_before_wandb_starts(config, expected, tmp_path, monkeypatch, capsys):
     """Run from a folder without ``../shared/data``: the shipped data paths do not exist there."""
