@@ -6,7 +6,7 @@ settings, i.e. what the training stages bought over the random features.
 Uses regframe's public API: run from the repository root with this checkout installed
 (``pip install -e .``) or on ``PYTHONPATH=.``.
 
-    python benchmarks/cst_test_time_ablation.py --ckpt runs/cst_cpu/checkpoints/last.ckpt \
+    python benchmarks/cst_test_time_ablation.py --ckpt runs/abdomen_cst_cpu/version_0/checkpoints/last.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_cpu.yaml [--max-pairs 15]
 """
 

@@ -28,6 +28,13 @@ from regframe.preprocess import Preprocessing
 PAIR_MODES = ("unordered", "ordered")
 
 
+def require_path(path: str | Path, option: str, folder: bool = False) -> None:
+    """Cheap check at construction (before any run starts): ``path`` (option ``option``) must be an
+    existing file, or folder with ``folder=True``; else a one-line error naming both."""
+    if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        raise RegframeInputError(f"{path}: {'folder' if folder else 'file'} not found ({option})")
+
+
 def enumerate_pairs(count: int, mode: str) -> list[tuple[int, int]]:
     """All index pairs of ``count`` subjects: ``"unordered"`` = ``(i, j)`` with ``i < j`` (each pair
     once, fixed = lower index), ``"ordered"`` = both directions."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs
+from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs, require_path
 from regframe.errors import RegframeInputError
 from regframe.learn2reg import Learn2RegSpec, SubjectEntry, _id_key, load_dataset_json, load_subject
 from regframe.preprocess import Preprocessing
@@ -40,6 +40,8 @@ class Learn2RegDataModule(RegistrationDataModule):
         val_max_pairs: int | None = None,
         seed: int = 0,
     ):
+        if type(self) is Learn2RegDataModule:  # subclasses (the phantom) write their json in prepare_data
+            require_path(dataset_json, "dataset_json")
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         enumerate_pairs(0, pair_order)  # validates the mode early
         if not resample_factor > 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs
+from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs, require_path
 from regframe.learn2reg import label_ids
 from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 from regframe.errors import RegframeInputError
@@ -93,6 +93,7 @@ class PairedDataModule(RegistrationDataModule):
         val_max_pairs: int | None = None,
         seed: int = 0,
     ):
+        require_path(root, "root: the folder holding fixed_images/ and moving_images/", folder=True)
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         if pair_kind not in PAIR_KINDS:
             raise RegframeInputError(f"pair_kind: unknown kind {pair_kind!r}, expected one of {PAIR_KINDS}")

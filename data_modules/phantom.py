@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from data_modules.learn2reg import Learn2RegDataModule
+from regframe.errors import RegframeInputError
 from regframe.phantom import ensure_phantom_dataset
 
 
@@ -30,6 +33,8 @@ class PhantomDataModule(Learn2RegDataModule):
         num_workers: int = 0,
         val_max_pairs: int | None = None,
     ):
+        if root is not None and Path(root).exists() and not Path(root).is_dir():
+            raise RegframeInputError(f"{root}: not a folder (root)")
         super().__init__(
             dataset_json="", pair_order=pair_order, train_subjects=train_subjects, exclude_val_subjects=exclude_val_subjects,
             clamp=clamp, shift=shift, scale=scale, resample_factor=resample_factor, batch_size=batch_size,

@@ -17,8 +17,10 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from regframe.errors import RegframeInputError
+from regframe.methods.base import NonFiniteLossError
 from regframe.plugins import import_plugins
-from regframe.run_config import RunConfigCallback
+from regframe.run_config import RunConfigCallback, continue_wandb_run
 from regframe.tools import TOOLS, run_tool
 
 
@@ -75,6 +77,11 @@ class RegframeCLI(LightningCLI):
             parser.error(f"{err.full_key}: {message} (interpolation paths are relative: "
                          "${..model.init_args.stages} in a trainer option)")
 
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path X`` continues the W&B run that wrote ``X`` (before any logger exists)."""
+        if self.subcommand == "fit":
+            continue_wandb_run(self.config.fit)
+
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Add a Rich progress bar unless the config disables progress bars or brings its own."""
         config = self._get(self.config_init, "trainer", default={})
@@ -103,9 +110,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tool(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print_tools()
-    RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
-    finish_wandb_run()
+    command = next((a for a in argv if a in RegframeCLI.subcommands()), "")
+    try:
+        RegframeCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+    except Exception as err:
+        cause = reported_cause(err)
+        if cause is None:
+            raise
+        print(f"regframe {command}: error: {cause}", file=sys.stderr)
+        return 2 if isinstance(cause, RegframeInputError) else 1
+    finally:
+        finish_wandb_run()
     return 0
+
+
+def reported_cause(err: BaseException) -> RegframeInputError | NonFiniteLossError | None:
+    """The bad-input error (raised while the classes are built, where jsonargparse wraps it, or before
+    training) or the non-finite-loss stop behind ``err``; ``None`` for any other failure."""
+    while err is not None and not isinstance(err, (RegframeInputError, NonFiniteLossError)):
+        err = err.__cause__
+    return err
 
 
 def print_tools() -> None:

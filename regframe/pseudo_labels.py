@@ -11,7 +11,8 @@ manifest is replaced the same way, so a crash never leaves a half-written curren
 stage files are kept (``keep`` of them), so a checkpoint that recorded an earlier stage still
 resumes with exactly the labels it trained on.
 
-:func:`generate_pseudo_labels` fills one stage of a store with an estimator's fields for every pair.
+:func:`generate_pseudo_labels` fills one stage of a store with an estimator's fields for every pair
+(with a progress bar on a terminal).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich import get_console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
@@ -193,7 +197,12 @@ def generate_pseudo_labels(estimator: nn.Module, images: Sequence[Tensor], pairs
     estimator.eval()
     writer = store.begin_stage(stage)
     difficulty = torch.zeros(len(pairs))
+    console = get_console()  # Lightning's Rich progress bar uses it too: this bar nests in its display
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+    task = progress.add_task(f"pseudo labels, stage {stage}", total=len(pairs))
     try:
+        progress.start()
         for start in range(0, len(pairs), batch):
             index = list(range(start, min(start + batch, len(pairs))))
             fixed = torch.stack([images[pairs[i][0]] for i in index]).to(device)
@@ -205,8 +214,10 @@ def generate_pseudo_labels(estimator: nn.Module, images: Sequence[Tensor], pairs
             change = (after - before).norm(dim=1).flatten(1).mean(1)
             writer.write(index, after, change)
             difficulty[index] = change.cpu()
+            progress.advance(task, len(index))
         writer.commit()
     finally:
+        progress.stop()
         estimator.train(was_training)
     store.use_stage(stage)
     return difficulty

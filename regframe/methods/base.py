@@ -2,7 +2,8 @@
 
 It owns one ``DisplacementEstimator`` and does everything that is the same for all methods:
 validation / test (warp the moving labels, Learn2Reg metrics per pair and per organ, logging),
-prediction (displacements) and building the optimiser from config callables. Subclasses only
+prediction (displacements), building the optimiser from config callables and stopping on a
+non-finite training loss (:class:`NonFiniteLossError`). Subclasses only
 implement ``training_step`` (and override ``predict_displacement`` for test-time refinement).
 """
 
@@ -21,6 +22,10 @@ from torch import Tensor
 from regframe.checkpoint import record_preprocessing
 from regframe.estimators.base import DisplacementEstimator
 from regframe.spatial import warp_labels
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite (the message names the method, the step and the value)."""
 
 
 class RegistrationModule(pl.LightningModule):
@@ -101,6 +106,15 @@ class RegistrationModule(pl.LightningModule):
             finite = {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
             self.log_dict(finite, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
         return results[0] if results else {}
+
+    # ----------------------------------------------------------------- training
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop training on a non-finite loss, before its gradients reach the weights (every method,
+        automatic or manual optimisation): the last checkpoint keeps the last finite weights."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: training loss is {loss.detach().float().mean().item()} at global step "
+                f"{self.global_step} (epoch {self.current_epoch}); training stopped before this step's update")
 
     # ----------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

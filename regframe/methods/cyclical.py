@@ -38,6 +38,7 @@ from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
 from regframe.pseudo_labels import MANIFEST, PseudoLabelStore
+from regframe.run_config import run_directory
 from regframe.stages import StageLRSchedulerCallable, StageSchedule, optimizer_steps_per_epoch
 
 
@@ -82,7 +83,8 @@ class CyclicalSelfTraining(RegistrationModule):
         loss_crop: voxels of the label grid ignored at every border in the loss (paper: 8 at half res).
         augment: asymmetric random affine augmentation of the learning stream.
         sigma_fixed, sigma_moving_extra: its strengths (normalised-coordinate matrix entries).
-        pseudo_label_dir: where the pseudo-label store lives (default ``<run dir>/pseudo_labels``).
+        pseudo_label_dir: where the pseudo-label store lives (default ``<run dir>/pseudo_labels``, see
+            :func:`regframe.run_config.run_directory`: per run, never inside W&B's uploaded ``files``).
         pseudo_label_batch: pairs per forward pass when generating labels.
         random_init_seed: seed of the random stage-0 network (distinct from the trained one).
         stage0_init: initialisation of that random network: ``"kaiming"`` (He, the default) keeps the
@@ -123,6 +125,8 @@ class CyclicalSelfTraining(RegistrationModule):
         if stages < 1 or epochs_per_stage < 1:
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
         self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
+        if loss_crop < 0:
+            raise RegframeInputError(f"model.init_args.loss_crop must be >= 0, got {loss_crop}")
         self.label_resample_factor = label_resample_factor
         self.loss_crop = loss_crop
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
@@ -152,6 +156,22 @@ class CyclicalSelfTraining(RegistrationModule):
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(math.floor(n * self.label_resample_factor) for n in image_shape)
 
+    def check_loss_crop(self, image_shape: tuple[int, ...]) -> None:
+        """``loss_crop`` must leave at least one voxel per axis of the label grid of ``image_shape``
+        (else the loss is the mean over nothing: NaN with zero gradients)."""
+        grid = self.label_shape(image_shape)
+        if any(n - 2 * self.loss_crop < 1 for n in grid):
+            raise RegframeInputError(
+                f"model.init_args.loss_crop={self.loss_crop} crops away the whole label grid {grid} (image grid "
+                f"{image_shape} x label_resample_factor {self.label_resample_factor}); use at most "
+                f"{max((min(grid) - 1) // 2, 0)}")
+
+    def setup(self, stage: str) -> None:
+        """Before fitting (data loaded, nothing trained yet): check ``loss_crop`` against the label grid."""
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule is not None and getattr(datamodule, "train_subjects", None):
+            self.check_loss_crop(tuple(datamodule.train_subjects[0]["image"].shape[1:]))
+
     def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
         """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
         datamodule = trainer.datamodule
@@ -164,9 +184,7 @@ class CyclicalSelfTraining(RegistrationModule):
         elif self.pseudo_label_dir is not None:
             root = Path(self.pseudo_label_dir)
         else:
-            from regframe.run_config import RunConfigCallback
-
-            root = RunConfigCallback.run_directory(trainer) / "pseudo_labels"
+            root = run_directory(trainer) / "pseudo_labels"
         fresh = self._resume is None
         if fresh and (root / MANIFEST).exists():
             rank_zero_warn(f"pseudo labels: {root} holds labels of an earlier run; this run does not resume "

@@ -4,7 +4,7 @@ other networks (a MONAI feature network; a U-Net regressor with MIND-feature IO)
 from pathlib import Path
 
 
-from regframe.cli import RegframeCLI
+from regframe.cli import RegframeCLI, main
 
 ROOT = Path(__file__).resolve().parents[2]
 ICE = "--model.init_args.estimator.init_args.estimator.init_args.first.init_args"
@@ -78,3 +78,20 @@ def test_cst_with_unet_regressor_and_mind_io(tmp_path):
     assert isinstance(cli.model.estimator.io.features, MINDSSC)
     assert cli.trainer.current_epoch == 1 and sorted(cli.model.stage_dice) == [0, 1]
     assert cli.model.store.read(range(3)).abs().max() > 0  # the random regressor is ~identity: IO moved the labels
+
+
+def test_loss_crop_larger_than_the_label_grid_stops_before_training(tmp_path, monkeypatch, capsys):
+    """abdomen_cst_cpu.yaml (half-resolution images, labels on their grid, crop 8, checkpoints) on a
+    32³ phantom: the crop leaves nothing, so the loss would be NaN with zero gradients; the run stops
+    with one line before any pseudo label, step or checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    configs = [ROOT / "experiments" / "abdomen_cst.yaml", ROOT / "experiments" / "abdomen_cst_cpu.yaml",
+               ROOT / "tests" / "conf" / "abdomen_cst_cpu.yaml"]
+    args = ["fit", *[f"--config={c}" for c in configs], f"--data.init_args.root={tmp_path / 'phantom'}",
+            "--data.init_args.shape=[32,32,32]", "--model.init_args.loss_crop=8"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert ("regframe fit: error: model.init_args.loss_crop=8 crops away the whole label grid (16, 16, 16) "
+            "(image grid (16, 16, 16) x label_resample_factor 1.0); use at most 7") in error.splitlines()
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))

@@ -144,3 +144,24 @@ def test_refresh_writes_refine_of_the_current_network(tiny_cst, random_subjects)
     trainer.current_epoch = 5  # end of the last stage: no labels are needed any more
     refresh.on_train_epoch_end(trainer, tiny_cst)
     assert tiny_cst.store.stage == 1 and len(listener.calls) == 2
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_generation_shows_progress_only_on_a_terminal(tmp_path, random_subjects, monkeypatch, terminal):
+    import io
+
+    from rich.console import Console
+
+    import regframe.pseudo_labels
+
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=terminal, width=100)
+    monkeypatch.setattr(regframe.pseudo_labels, "get_console", lambda: console)
+    store = PseudoLabelStore(tmp_path, 6, (3, 8, 8, 8))
+    images = [s["image"] for s in random_subjects.train_subjects]
+    generate_pseudo_labels(Shift(), images, random_subjects.train_pairs, store, 0, (8, 8, 8), batch=4)
+    shown = stream.getvalue()
+    if terminal:  # 6 pairs in batches of 4: the bar reaches 6/6
+        assert "pseudo labels, stage 0" in shown and "6/6" in shown
+    else:
+        assert shown == ""

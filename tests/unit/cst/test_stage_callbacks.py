@@ -91,7 +91,7 @@ def test_callbacks_name_what_a_module_lacks(tiny_cst):
 
 def test_trainer_must_follow_the_stage_plan(tiny_cst):
     with pytest.raises(RegframeInputError, match=r"max_epochs=8 but the stage plan .* lasts 6 epochs"):
-        SelfTrainingStages().on_fit_start(SimpleNamespace(max_epochs=8), tiny_cst)
-    SelfTrainingStages().on_fit_start(SimpleNamespace(max_epochs=6), tiny_cst)
+        SelfTrainingStages().on_fit_start(SimpleNamespace(max_epochs=8, fast_dev_run=False), tiny_cst)
+    SelfTrainingStages().on_fit_start(SimpleNamespace(max_epochs=6, fast_dev_run=False), tiny_cst)
     with pytest.raises(RegframeInputError, match="reload_dataloaders_every_n_epochs=4 must divide every stage start"):
         PseudoLabelRefresh().on_fit_start(SimpleNamespace(reload_dataloaders_every_n_epochs=4), tiny_cst)
