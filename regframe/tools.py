@@ -17,6 +17,7 @@ TOOLS: dict[str, tuple[str, str]] = {  # name -> (module, one-line help)
     "register": ("regframe.register", "register image pairs with a method or checkpoint"),
     "evaluate": ("regframe.evaluate", "Learn2Reg metrics of displacement files"),
     "data": ("regframe.data_commands", "built-in and downloadable data sets"),
+    "compare": ("regframe.compare", "offline report comparing runs (Dice per organ, curves, Wilcoxon)"),
 }
 
 
