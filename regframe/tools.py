@@ -18,6 +18,7 @@ TOOLS: dict[str, tuple[str, str]] = {  # name -> (module, one-line help)
     "evaluate": ("regframe.evaluate", "Learn2Reg metrics of displacement files"),
     "data": ("regframe.data_commands", "built-in and downloadable data sets"),
     "apply": ("regframe.apply", "warp images, label maps or points with a saved displacement"),
+    "compare": ("regframe.compare", "offline report comparing runs (Dice per organ, curves, Wilcoxon)"),
 }
 
 

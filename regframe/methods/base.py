@@ -1,9 +1,10 @@
 """``RegistrationModule``: the LightningModule every method derives from.
 
 It owns one ``DisplacementEstimator`` and does everything that is the same for all methods:
-validation / test (warp the moving labels, Learn2Reg metrics per pair and per organ, logging),
-prediction (displacements), building the optimiser from config callables and stopping on a
-non-finite training loss (:class:`NonFiniteLossError`). Subclasses only
+validation / test (warp the moving labels, Learn2Reg metrics per pair and per organ, logging, the
+per-pair records of :mod:`regframe.pair_records`), prediction (displacements), building the
+optimiser from config callables and stopping on a non-finite training loss (:class:`NonFiniteLossError`).
+Subclasses only
 implement ``training_step`` (and override ``predict_displacement`` for test-time refinement).
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from regframe.checkpoint import record_preprocessing
 from regframe.estimators.base import DisplacementEstimator
+from regframe.pair_records import append_pair_records
 from regframe.spatial import warp_labels
 
 
@@ -54,6 +56,7 @@ class RegistrationModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.label_warp = label_warp
         self.compute_hd95 = compute_hd95
+        self.pair_records: list[dict[str, Any]] = []  # this evaluation's pairs (regframe.pair_records)
 
     # ----------------------------------------------------------------- inference
     def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
@@ -95,17 +98,33 @@ class RegistrationModule(pl.LightningModule):
             spacing = batch["spacing"][i].tolist() if "spacing" in batch else [1.0] * (disp.dim() - 2)
             m = pair_metrics(batch["fixed_label"][i : i + 1], batch["moving_label"][i : i + 1], disp[i : i + 1],
                              spacing, warped_label=warped[i : i + 1], hd95=self.compute_hd95)
-            flat = {f"{prefix}/dice": m["dice"], f"{prefix}/sdlogj": m["sdlogj_l2r"],
-                    f"{prefix}/sdlogj_plain": m["sdlogj"], f"{prefix}/fold_pct": m["fold_pct"]}
+            scores = {"dice": m["dice"], "sdlogj": m["sdlogj_l2r"], "sdlogj_plain": m["sdlogj"],
+                      "fold_pct": m["fold_pct"]}
             if self.compute_hd95:
-                flat[f"{prefix}/hd95"] = m["hd95"]
-            for label, value in m["dice_per_label"].items():
-                flat[f"{prefix}/dice_{_organ_key(names.get(int(label), f'label{int(label)}'))}"] = value
-            results.append(flat)
+                scores["hd95"] = m["hd95"]
+            organs = {names.get(int(label), f"label{int(label)}"): value
+                      for label, value in m["dice_per_label"].items()}
+            pair_id = batch["pair_id"][i] if "pair_id" in batch else str(len(self.pair_records))
+            self.pair_records.append({"pair_id": pair_id, **scores, "dice_per_organ": organs})
+            results.append({**{f"{prefix}/{key}": value for key, value in scores.items()},
+                            **{f"{prefix}/dice_{_organ_key(organ)}": value for organ, value in organs.items()}})
         for flat in results:
             finite = {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
             self.log_dict(finite, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
         return results[0] if results else {}
+
+    def on_validation_epoch_start(self) -> None:
+        self.pair_records = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            append_pair_records(self.trainer, "val", self.pair_records)
+
+    def on_test_epoch_start(self) -> None:
+        self.pair_records = []
+
+    def on_test_epoch_end(self) -> None:
+        append_pair_records(self.trainer, "test", self.pair_records)
 
     # ----------------------------------------------------------------- training
     def on_before_backward(self, loss: Tensor) -> None:
