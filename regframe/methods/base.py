@@ -128,12 +128,7 @@ class RegistrationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- training
     def on_before_backward(self, loss: Tensor) -> None:
-        """Stop training on a non-finite loss, before its gradients reach the weights (every method,
-        automatic or manual optimisation): the last checkpoint keeps the last finite weights."""
-        if not bool(torch.isfinite(loss.detach()).all()):
-            raise NonFiniteLossError(
-                f"{type(self).__name__}: training loss is {loss.detach().float().mean().item()} at global step "
-                f"{self.global_step} (epoch {self.current_epoch}); training stopped before this step's update")
+        stop_on_nonfinite_loss(self, loss)
 
     # ----------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -149,6 +144,16 @@ class RegistrationModule(pl.LightningModule):
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def stop_on_nonfinite_loss(module: pl.LightningModule, loss: Tensor) -> None:
+    """Stop training on a non-finite loss, before its gradients reach the weights (call it from
+    ``on_before_backward``; automatic or manual optimisation): the last checkpoint keeps the last
+    finite weights."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(
+            f"{type(module).__name__}: training loss is {loss.detach().float().mean().item()} at global step "
+            f"{module.global_step} (epoch {module.current_epoch}); training stopped before this step's update")
 
 
 def save_config_hyperparameters(module: pl.LightningModule) -> None:

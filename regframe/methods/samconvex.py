@@ -29,7 +29,7 @@ from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
 from regframe.features.embedding import AnatomicalEmbedding
 from regframe.losses_contrastive import pixel_infonce
-from regframe.methods.base import RegistrationModule
+from regframe.methods.base import RegistrationModule, stop_on_nonfinite_loss
 
 
 class AnatomicalEmbeddingPretraining(pl.LightningModule):
@@ -105,6 +105,9 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         self.log_dict({"train/loss": loss, "train/infonce_local": local, "train/infonce_global": coarse},
                       prog_bar=True, batch_size=scans.shape[0])
         return loss
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        stop_on_nonfinite_loss(self, loss)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_preprocessing(self, checkpoint)

@@ -90,3 +90,12 @@ def test_finite_losses_train_normally():
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     assert trainer.global_step == 4
     assert math.isfinite(float(model.estimator.conv.weight.sum()))
+
+
+def test_embedding_pretraining_stops_on_a_nonfinite_loss_too():
+    from regframe.methods.samconvex import AnatomicalEmbeddingPretraining
+
+    module = AnatomicalEmbeddingPretraining(widths=(4, 4), fpn_width=4, local_dim=4, global_dim=4)
+    module.on_before_backward(torch.tensor(1.5))  # finite: nothing happens
+    with pytest.raises(NonFiniteLossError, match="AnatomicalEmbeddingPretraining: training loss is inf"):
+        module.on_before_backward(torch.tensor(float("inf")))
