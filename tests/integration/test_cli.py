@@ -113,3 +113,13 @@ def test_console_entry_points(tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "identity" in result.stdout.split()
+
+
+def test_command_line_fit_prints_no_lightningcli_args_warning(tmp_path):
+    """From the shell, LightningCLI reads sys.argv itself: no 'args parameter is intended...' warning."""
+    command = [sys.executable, "-m", "regframe", "fit", "--config", str(EXPERIMENTS / "abdomen_cst.yaml"),
+               "--config", str(EXPERIMENTS / "demo.yaml"), "--print_config"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "max_epochs: 18" in result.stdout
+    assert "args parameter" not in result.stderr
