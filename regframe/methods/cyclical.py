@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from regframe import pseudo_labels
+from regframe.augment import PairAffineAugmentation
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.cst_pipeline import cst_pipeline
@@ -120,8 +121,6 @@ class CyclicalSelfTraining(RegistrationModule):
             raise RegframeInputError(f"CyclicalSelfTraining: estimator {type(estimator).__name__} has no refine(); wrap it "
                                      "in regframe.estimators.refine.Refined (io.iterations: 0 for no Adam)")
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
-        from regframe.augment import PairAffineAugmentation
-
         if stages < 1 or epochs_per_stage < 1:
             raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
         self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
