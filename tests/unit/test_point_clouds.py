@@ -163,7 +163,8 @@ def test_bad_input_gives_one_line_naming_the_file(lung_layout, tmp_path):
         PointCloudDataModule(str(tmp_path / "absent"), test_pair=1)
     with pytest.raises(RegframeInputError, match="test_pair"):
         PointCloudDataModule(str(lung_layout), test_pair=9)
-    single = tmp_path / "one_pair_evaluation_config.json"
+    single = tmp_path / "configs" / "one_pair.json"
+    single.parent.mkdir()
     single.write_text(json.dumps({"eval_pairs": json.loads(
         (lung_layout / "LungCT_VAL_evaluation_config.json").read_text())["eval_pairs"][:1]}))
     with pytest.raises(RegframeInputError, match="one pair only"):
