@@ -1,9 +1,9 @@
 """``regframe compare RUN_DIR... --out report.html``: compare training runs offline, without W&B.
 
 A run directory is any folder holding ``val_pairs.jsonl`` (:mod:`regframe.pair_records`), which every
-``RegistrationModule`` writes into its run's own directory at each validation: a W&B offline run
-(``runs/wandb/offline-run-*/``, the file is in its ``files/``), an online run's local folder, or a
-CSV/TensorBoard logger's version folder (``lightning_logs/version_0/``).
+``RegistrationModule`` writes into its run's own directory at each validation
+(:func:`regframe.run_config.run_directory`: ``runs/<project>/<W&B run id>/`` for a W&B run, online
+or offline, or a CSV/TensorBoard logger's version folder such as ``lightning_logs/version_0/``).
 
 The report shows, side by side, the per-organ Dice box plots at each run's last validation and the
 validation curves (mean per-pair Dice, i.e. ``val/dice``, against the training step); then the
@@ -22,7 +22,6 @@ import base64
 import html
 import io
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ from regframe.metrics import aggregate
 from regframe.pair_records import read_pair_records, records_filename
 
 RECORDS = records_filename("val")
-WANDB_RUN_FOLDER = re.compile(r"(?:offline-)?run-\d{8}_\d{6}-(?P<id>[0-9a-z]+)")
 SUMMARY_METRICS = ("sdlogj", "fold_pct", "hd95")  # reported as means next to the Dice statistics
 
 
@@ -88,29 +86,23 @@ def _any_finite(values) -> bool:
 
 
 def records_path(run_dir: Path) -> Path:
-    """The ``val_pairs.jsonl`` of a run directory (also inside a W&B run folder's ``files/``)."""
+    """The ``val_pairs.jsonl`` of a run directory."""
     if not run_dir.exists():
         raise RegframeInputError(f"run directory {run_dir} does not exist")
     if not run_dir.is_dir():
         raise RegframeInputError(f"run directory {run_dir} is a file, not a directory")
-    for candidate in (run_dir / RECORDS, run_dir / "files" / RECORDS):
-        if candidate.is_file():
-            return candidate
+    if (run_dir / RECORDS).is_file():
+        return run_dir / RECORDS
     raise RegframeInputError(f"{run_dir}: no per-pair validation metrics ({RECORDS}, written at every "
                              "validation of a run with a logger); was the run validated?")
 
 
 def run_name(run_dir: Path) -> str:
-    """A short name: for a W&B run folder (or its ``files/``) the run's W&B name or group (from the
-    ``config.yaml`` regframe saves there) and its id, e.g. ``demo-4mxxewe5``; otherwise the folder name."""
+    """A short name: the logger's ``name`` or ``group`` from the ``config.yaml`` regframe saves in the
+    run directory, and the folder's name (the W&B run id or ``version_N``), e.g. ``demo-4mxxewe5``."""
     folder = run_dir.resolve()
-    if folder.name == "files":
-        folder = folder.parent
-    match = WANDB_RUN_FOLDER.fullmatch(folder.name)
-    if match is None:
-        return folder.name
+    config = folder / "config.yaml"
     label = None
-    config = folder / "files" / "config.yaml"
     if config.is_file():
         try:
             logger = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("logger")
@@ -118,7 +110,7 @@ def run_name(run_dir: Path) -> str:
             logger = None
         init_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
         label = init_args.get("name") or init_args.get("group")
-    return f"{label}-{match['id']}" if label else match["id"]
+    return f"{label}-{folder.name}" if label else folder.name
 
 
 def load_runs(run_dirs: list[Path]) -> list[Run]:
@@ -291,7 +283,7 @@ def html_report(runs: list[Run]) -> str:
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="run directories holding val_pairs.jsonl (W&B offline-run-* or Lightning log folders)")
+                        help="run directories holding val_pairs.jsonl (runs/<project>/<run id> or Lightning version folders)")
     parser.add_argument("--out", type=Path, required=True,
                         help="report file: .html (page with the figure and tables) or .png")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -1,8 +1,8 @@
 """Per-pair evaluation records in a plain file in the run's directory, readable without W&B.
 
 Every validation (and test) appends one JSON line per pair to ``val_pairs.jsonl`` (``test_pairs.jsonl``)
-in the run's own directory (the W&B run's ``files/`` folder, or the CSV/TensorBoard logger's version
-folder): ``step``, ``epoch``, ``pair_id``, the Learn2Reg scalars (``dice``, ``sdlogj``,
+in the run's own directory (:func:`regframe.run_config.run_directory`: with W&B
+``<save_dir>/<project>/<run id>``, else the logger's version folder): ``step``, ``epoch``, ``pair_id``, the Learn2Reg scalars (``dice``, ``sdlogj``,
 ``sdlogj_plain``, ``fold_pct``, ``hd95`` when computed) and ``dice_per_organ`` ({organ name: Dice}).
 NaN is written as ``null``. ``regframe compare`` reads these files.
 """
@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers.logger import DummyLogger
 
 from regframe.errors import RegframeInputError
-from regframe.run_config import RunConfigCallback
+from regframe.run_config import run_directory
 
 REQUIRED_KEYS = frozenset({"step", "pair_id", "dice", "dice_per_organ"})
 
@@ -38,7 +38,7 @@ def append_pair_records(trainer: pl.Trainer, prefix: str, records: Sequence[Mapp
         return None
     if any(isinstance(logger, DummyLogger) for logger in trainer.loggers):
         return None
-    run_dir = RunConfigCallback.run_directory(trainer)
+    run_dir = run_directory(trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / records_filename(prefix)
     lines = [json.dumps(_json_safe({"step": trainer.global_step, "epoch": trainer.current_epoch, **record}))

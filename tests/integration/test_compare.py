@@ -21,7 +21,8 @@ CONFIG = "abdomen_weakly_supervised.yaml"
 
 
 def fit_tiny_run(root: Path, seed: int) -> Path:
-    """Fit the shipped config with its test override on a tiny phantom; returns the W&B run folder."""
+    """Fit the shipped config with its test override on a tiny phantom; returns the run's own directory
+    (``runs/<project>/<W&B run id>``)."""
     overlay = root / f"seed{seed}.yaml"
     overlay.write_text(yaml.safe_dump({
         "seed_everything": seed,
@@ -31,12 +32,18 @@ def fit_tiny_run(root: Path, seed: int) -> Path:
                     "max_epochs": 2, "limit_train_batches": 3, "check_val_every_n_epoch": 1,
                     "enable_progress_bar": False, "enable_checkpointing": False},
     }))
-    before = set((root / "runs" / "wandb").glob("offline-run-*"))
+    before = set((root / "runs" / "regframe").glob("*"))
     finish_wandb_run()
     configs = [REPO / "experiments" / CONFIG, REPO / "tests" / "conf" / CONFIG, overlay]
     assert main(["fit", *[a for c in configs for a in ("--config", str(c))]]) == 0
-    (run,) = set((root / "runs" / "wandb").glob("offline-run-*")) - before
+    (run,) = set((root / "runs" / "regframe").glob("*")) - before
     return run
+
+
+def wandb_files(run: Path) -> Path:
+    """The W&B offline run folder's ``files/`` of a run directory named by its W&B id."""
+    (folder,) = (run.parent.parent / "wandb").glob(f"offline-run-*-{run.name}")
+    return folder / "files"
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +54,20 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def final_dice(run: Path) -> dict[str, float]:
     """pair_id -> Dice of the last validation, read straight from the run's file."""
-    records = [json.loads(line) for line in (run / "files" / "val_pairs.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "val_pairs.jsonl").read_text().splitlines()]
     last = max(r["step"] for r in records)
     return {r["pair_id"]: r["dice"] for r in records if r["step"] == last}
 
 
 def test_runs_record_every_validation_pair(two_runs):
     for run in two_runs:
-        records = [json.loads(line) for line in (run / "files" / "val_pairs.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (run / "val_pairs.jsonl").read_text().splitlines()]
         assert sorted({r["step"] for r in records}) == [3, 6]  # two validations, no sanity check
         assert len(records) == 2 * 6
         assert all(0.0 <= r["dice"] <= 1.0 and r["dice_per_organ"] for r in records)
         assert "liver" in records[0]["dice_per_organ"]
         # the shipped config's validation panels: the first 2 pairs at each of the 2 validations
-        images = (run / "files" / "media" / "images" / "val_panels").glob("*.png")
+        images = (wandb_files(run) / "media" / "images" / "val_panels").glob("*.png")
         panels = {tuple(p.name.split("_")[:3]) for p in images}  # (fixed, moving, W&B step)
         assert sorted({(fixed, moving) for fixed, moving, _ in panels}) == [("0005", "0006"), ("0005", "0007")]
         assert len(panels) == 2 * 2
@@ -70,7 +77,7 @@ def test_html_report_names_both_runs(two_runs, tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["compare", *map(str, two_runs), "--out", str(out)]) == 0
     page = out.read_text()
-    assert all(run.name.rsplit("-", 1)[1] in page for run in two_runs)  # the W&B run ids
+    assert all(run.name in page for run in two_runs)  # the W&B run ids name the run folders
     assert page.count("data:image/png;base64,") == 1 and "Wilcoxon" in page and "liver" in page
 
 

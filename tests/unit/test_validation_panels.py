@@ -117,7 +117,8 @@ def test_offline_wandb_run_holds_the_panels_and_the_organ_table(tmp_path, monkey
     table = json.loads(table_file.read_text())
     organs = list(module.trainer.datamodule.label_names.values())
     assert table["columns"][:2] == ["pair_id", "mean"] and set(table["columns"][2:]) <= set(organs)
-    records = [json.loads(line) for line in (files / "val_pairs.jsonl").read_text().splitlines()]
+    (run_dir,) = (tmp_path / "runs" / "regframe-tests").glob("*")       # the run's own directory
+    records = [json.loads(line) for line in (run_dir / "val_pairs.jsonl").read_text().splitlines()]
     pair_ids = ["0003_0004", "0003_0005", "0004_0005"]
     assert [row[0] for row in table["data"]] == [r["pair_id"] for r in records] == pair_ids
     for row, record in zip(table["data"], records):
