@@ -2,7 +2,8 @@
 
 As in Hansen & Heinrich (IPMI 2021): every fixed point ``i`` gets ``L`` candidate displacements
 ``d_ia = y_a − x_i`` to its ``L`` nearest moving points ``y_a`` (mm). The unary cost of a candidate
-is the mean squared difference of the fixed point's and the moving point's features. Pairwise
+is the mean squared difference of the fixed point's and the moving point's features, relative to
+its mean over the point's candidates. Pairwise
 costs on the kNN graph of the fixed points penalise ``smooth_weight · ‖d_ia − d_nb‖²`` (mm²).
 Messages are soft-min (``−T·logsumexp(−·/T)``, temperature ``T`` in cost units; ``T → 0`` is min-sum), run in parallel
 for ``iterations`` rounds; node ``i`` receives a message from each of its ``k`` graph neighbours
@@ -28,10 +29,13 @@ def candidate_displacements(fixed_points: Tensor, moving_points: Tensor, num_can
 
 
 def feature_unary(fixed_features: Tensor, moving_features: Tensor, candidate_indices: Tensor) -> Tensor:
-    """Mean squared difference ``(B, N, L)`` between fixed features ``(B, N, C)`` and the moving
-    features ``(B, M, C)`` of the candidates ``candidate_indices (B, N, L)``."""
+    """Unary costs ``(B, N, L)``: the mean squared difference between each fixed feature ``(B, N, C)`` and
+    the moving features ``(B, M, C)`` of its candidates ``candidate_indices (B, N, L)``, divided by its
+    mean over the ``L`` candidates (so costs are about 1 whatever the feature scale, e.g. of a network
+    with random weights, and ``temperature`` and ``smooth_weight`` keep their meaning)."""
     candidates = gather_neighbours(moving_features, candidate_indices)
-    return (candidates - fixed_features.unsqueeze(2)).square().mean(dim=-1)
+    squared = (candidates - fixed_features.unsqueeze(2)).square().mean(dim=-1)
+    return squared / squared.mean(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def reverse_edges(graph: Tensor) -> Tensor:

@@ -21,10 +21,13 @@ def test_candidates_are_vectors_to_the_nearest_moving_points():
     assert candidates.tolist() == [[[[1, 0, 0], [0, 0, -3]], [[0, 2, 0], [-9, 0, 0]]]]
 
 
-def test_feature_unary_is_the_mean_squared_feature_difference():
+def test_feature_unary_is_the_mean_squared_feature_difference_relative_to_its_mean():
     fixed_features = torch.tensor([[[1.0, 0]]])
-    moving_features = torch.tensor([[[1.0, 0], [0, 2], [3, 0]]])
-    assert feature_unary(fixed_features, moving_features, torch.tensor([[[0, 1, 2]]])).tolist() == [[[0.0, 2.5, 2.0]]]
+    moving_features = torch.tensor([[[1.0, 0], [0, 2], [3, 0]]])  # mean squared differences 0, 2.5, 2
+    unary = feature_unary(fixed_features, moving_features, torch.tensor([[[0, 1, 2]]]))
+    assert torch.allclose(unary, torch.tensor([[[0.0, 2.5, 2.0]]]) / 1.5)
+    assert torch.allclose(feature_unary(fixed_features * 100, moving_features * 100, torch.tensor([[[0, 1, 2]]])),
+                          unary)
 
 
 def test_reverse_edges_find_the_receiver_among_the_senders_neighbours():
@@ -40,14 +43,14 @@ def test_squared_distances_match_the_direct_formula():
 
 
 def translated_cloud_with_distractors(num_points: int = 300, num_distractors: int = 200):
-    """Fixed cloud, moving = fixed + SHIFT plus distractors (rows shuffled), and one-hot identity features
-    scaled so a wrong candidate costs at least 1: ``(fixed, moving, fixed_features, moving_features)``."""
+    """Fixed cloud, moving = fixed + SHIFT plus distractors (rows shuffled), and one-hot identity features:
+    ``(fixed, moving, fixed_features, moving_features)``."""
     generator = torch.Generator().manual_seed(0)
     fixed = torch.rand(1, num_points, 3, generator=generator) * 60
     distractors = torch.rand(1, num_distractors, 3, generator=generator) * 60
     order = torch.randperm(num_points + num_distractors, generator=generator)
     moving = torch.cat([fixed + SHIFT, distractors], dim=1)[:, order]
-    ids = torch.eye(num_points + num_distractors) * (num_points + num_distractors) ** 0.5
+    ids = torch.eye(num_points + num_distractors)
     fixed_features = ids[None, :num_points]
     moving_features = torch.cat([ids[:num_points], torch.zeros(num_distractors, ids.shape[1])])[None, order]
     return fixed, moving, fixed_features, moving_features
