@@ -10,8 +10,9 @@ The spline ``f(x) = Σ_j w_j φ(‖x − p_j‖) + a_0 + A x`` with ``φ(r) = r�
 ``(Φ + λI) w + P a = d``, ``Pᵀ w = 0`` (``λ = smooth_weight``, mm³): with ``λ = 0`` it interpolates
 exactly and reproduces affine (so constant) displacements exactly; ``λ > 0`` trades fidelity for
 smoothness. ``r³`` rather than the 3D thin-plate kernel ``−r`` because the latter has a cone-shaped
-kink at every point (a discontinuous Jacobian there); ``r³`` is twice differentiable. It is evaluated on a grid of every ``grid_stride``-th voxel (plus the last
-one) and trilinearly interpolated to the full grid.
+kink at every point (a discontinuous Jacobian there); ``r³`` is twice differentiable. It is
+evaluated on a grid of every ``grid_stride``-th voxel (plus the last one) and trilinearly
+interpolated to the full grid.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def dense_field(fixed_points: Tensor, displacements: Tensor, shape: Sequence[int
         raise RegframeInputError(f"dense_field: fixed_points and displacements must both be (B, N, 3) mm, got "
                                  f"{tuple(fixed_points.shape)} and {tuple(displacements.shape)}")
     if len(shape) != 3 or min(shape) < 2 or len(spacing) != 3 or min(spacing) <= 0 or grid_stride < 1:
-        raise RegframeInputError(f"dense_field: need a 3D shape (each size >= 2), 3 positive spacings and grid_stride >= 1; got "
+        raise RegframeInputError(f"dense_field: need a 3D shape (each size >= 2), 3 positive spacings and "
+                                 f"grid_stride >= 1; got "
                                  f"shape={list(shape)}, spacing={list(spacing)}, grid_stride={grid_stride}")
     spacing_mm = torch.tensor(spacing, dtype=torch.float64, device=fixed_points.device)
     axes = [torch.unique(torch.cat([torch.arange(0, size, grid_stride), torch.tensor([size - 1])])).double()

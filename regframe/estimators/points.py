@@ -49,7 +49,8 @@ class PointCloudEstimator(PointDisplacementEstimator):
         """``fixed_points (B, N, 3)``, ``moving_points (B, M, 3)`` mm -> displacements ``(B, N, 3)`` mm."""
         for name, cloud in (("fixed_points", fixed_points), ("moving_points", moving_points)):
             if cloud.dim() != 3 or cloud.shape[-1] != 3:
-                raise RegframeInputError(f"PointCloudEstimator: {name} must be (B, N, 3) in mm, got {tuple(cloud.shape)}")
+                raise RegframeInputError(f"PointCloudEstimator: {name} must be (B, N, 3) in mm, "
+                                         f"got {tuple(cloud.shape)}")
         if fixed_points.shape[0] != moving_points.shape[0]:
             raise RegframeInputError(f"PointCloudEstimator: batch sizes differ: fixed_points {fixed_points.shape[0]}, "
                                      f"moving_points {moving_points.shape[0]}")

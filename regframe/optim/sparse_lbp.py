@@ -3,13 +3,13 @@
 As in Hansen & Heinrich (IPMI 2021): every fixed point ``i`` gets ``L`` candidate displacements
 ``d_ia = y_a − x_i`` to its ``L`` nearest moving points ``y_a`` (mm). The unary cost of a candidate
 is the mean squared difference of the fixed point's and the moving point's features, relative to
-its mean over the point's candidates. Pairwise
-costs on the kNN graph of the fixed points penalise ``smooth_weight · ‖d_ia − d_nb‖²`` (mm²).
-Messages are soft-min (``−T·logsumexp(−·/T)``, temperature ``T`` in cost units; ``T → 0`` is min-sum), run in parallel
-for ``iterations`` rounds; node ``i`` receives a message from each of its ``k`` graph neighbours
-``n``, computed from ``n``'s unary and incoming messages except the one ``n`` got from ``i`` (when
-``i`` is among ``n``'s neighbours). The output is the expected displacement under
-``softmax(−belief / T)`` per fixed point: ``(B, N, 3)`` mm, differentiable in every input.
+its mean over the point's candidates. Pairwise costs on the kNN graph of the fixed points penalise
+``smooth_weight · ‖d_ia − d_nb‖²`` (mm²). Messages are soft-min (``−T·logsumexp(−·/T)``,
+temperature ``T`` in cost units; ``T → 0`` is min-sum), run in parallel for ``iterations`` rounds;
+node ``i`` receives a message from each of its ``k`` graph neighbours ``n``, computed from ``n``'s
+unary and incoming messages except the one ``n`` got from ``i`` (when ``i`` is among ``n``'s
+neighbours). The output is the expected displacement under ``softmax(−belief / T)`` per fixed
+point: ``(B, N, 3)`` mm, differentiable in every input.
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from regframe.errors import RegframeInputError
-from regframe.features.graph_cnn import GraphFeatureNet, gather_neighbours, knn, knn_graph
+from regframe.features.graph_cnn import (
+    GraphFeatureNet,
+    gather_neighbours,
+    knn,
+    knn_graph,
+)
 
 
 def test_knn_graph_on_a_line_excludes_the_point_itself():

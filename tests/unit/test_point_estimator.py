@@ -29,8 +29,8 @@ def shuffled_translation(num_points: int = 300, num_distractors: int = 30):
 def test_estimator_with_random_features_recovers_a_translation():
     fixed, moving = shuffled_translation()
     torch.manual_seed(0)
-    estimator = PointCloudEstimator(GraphFeatureNet(k=8),
-                                    SparseLBP(num_candidates=16, k=6, smooth_weight=0.05, temperature=0.05, iterations=5))
+    optimiser = SparseLBP(num_candidates=16, k=6, smooth_weight=0.05, temperature=0.05, iterations=5)
+    estimator = PointCloudEstimator(GraphFeatureNet(k=8), optimiser)
     with torch.no_grad():
         displacement = estimator(fixed, moving)
     assert displacement.shape == fixed.shape

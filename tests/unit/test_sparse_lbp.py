@@ -7,8 +7,14 @@ import torch
 
 from regframe.errors import RegframeInputError
 from regframe.features.graph_cnn import knn_graph
-from regframe.optim.sparse_lbp import (SparseLBP, candidate_displacements, feature_unary, reverse_edges,
-                                       sparse_belief_propagation, squared_distances)
+from regframe.optim.sparse_lbp import (
+    SparseLBP,
+    candidate_displacements,
+    feature_unary,
+    reverse_edges,
+    sparse_belief_propagation,
+    squared_distances,
+)
 
 SHIFT = torch.tensor([4.0, -3.0, 2.5])  # mm
 
