@@ -1,16 +1,33 @@
 """Instance optimisation (IO) as a configurable module: Adam on a field against feature maps.
 
 The numerical kernel is :func:`regframe.optim.adam.adam_instance_optimisation`; this module holds
-its settings (one place for them in code and YAML) and, optionally, the feature extractor.
+its settings (one place for them in code and YAML), the preparation of the features (pooling,
+optional per-channel standardisation and scale), the optional final smoothing and, optionally, the
+feature extractor.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
 from regframe.optim.adam import DATA_TERMS, adam_instance_optimisation
-from regframe.optim.smoothing import pool
+from regframe.optim.smoothing import box_filter, pool
+
+FEATURE_NORMALISATIONS = ("none", "channel")
+
+
+def standardise_channels(fixed_feat: Tensor, moving_feat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f - mu_c) / sigma_c`` for both feature maps ``(B, C, *G)``: mean and standard deviation
+    of every channel over the voxels of both images of each pair, detached. A constant channel
+    (sigma 0) becomes 0."""
+    voxels = torch.cat([fixed_feat.detach().flatten(2), moving_feat.detach().flatten(2)], dim=2)
+    view = (*fixed_feat.shape[:2],) + (1,) * (fixed_feat.dim() - 2)
+    mean = voxels.mean(2).view(view)
+    std = voxels.std(2, unbiased=False).view(view)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (fixed_feat - mean) / std, (moving_feat - mean) / std
 
 
 class InstanceOptimisation(nn.Module):
@@ -29,17 +46,36 @@ class InstanceOptimisation(nn.Module):
         data_weight, smooth_weight: weights of the data term and of the diffusion term (mean squared
             forward differences of the field on the optimisation grid, voxels²).
         smooth_pools: k3 box filters applied to the parameter field in every iteration.
+        feature_normalisation: ``"none"`` (the features as they come) or ``"channel"``: after
+            pooling, every channel is standardised with its mean and standard deviation over both
+            images of the pair, so the data/smoothness balance no longer depends on the feature
+            extractor's activation scale.
+        feature_scale: factor on the (pooled, possibly standardised) features; the CST reference
+            code uses 5. With ``"ssd"`` it multiplies the data term by its square.
+        final_smoothing: box-filter passes of width ``final_smoothing_kernel`` applied to the
+            optimised field on the grid of the starting field (the ConvexAdam/CST reference: 3 passes
+            of width 5 at full resolution); 0: none. Borders average over in-grid neighbours.
+        final_smoothing_kernel: width of those box filters (odd, voxels).
     """
 
     def __init__(self, features: nn.Module | None = None, similarity: str = "ssd", grid_spacing: int = 1,
                  iterations: int = 50, lr: float = 1.0, data_weight: float = 12.0, smooth_weight: float = 0.65,
-                 smooth_pools: int = 3) -> None:
+                 smooth_pools: int = 3, feature_normalisation: str = "none", feature_scale: float = 1.0,
+                 final_smoothing: int = 0, final_smoothing_kernel: int = 5) -> None:
         super().__init__()
         if similarity not in DATA_TERMS:
             raise RegframeInputError(f"InstanceOptimisation: similarity must be one of {DATA_TERMS}, got {similarity!r}")
         if grid_spacing < 1 or iterations < 0:
             raise RegframeInputError(f"InstanceOptimisation: grid_spacing ({grid_spacing}) must be >= 1 and "
                                      f"iterations ({iterations}) >= 0")
+        if feature_normalisation not in FEATURE_NORMALISATIONS:
+            raise RegframeInputError(f"InstanceOptimisation: feature_normalisation must be one of "
+                                     f"{FEATURE_NORMALISATIONS}, got {feature_normalisation!r}")
+        if not feature_scale > 0:
+            raise RegframeInputError(f"InstanceOptimisation: feature_scale must be > 0, got {feature_scale}")
+        if final_smoothing < 0 or final_smoothing_kernel < 1 or final_smoothing_kernel % 2 == 0:
+            raise RegframeInputError(f"InstanceOptimisation: final_smoothing ({final_smoothing}) must be >= 0 and "
+                                     f"final_smoothing_kernel ({final_smoothing_kernel}) odd and >= 1")
         self.features = features
         self.similarity = similarity
         self.grid_spacing = grid_spacing
@@ -48,11 +84,27 @@ class InstanceOptimisation(nn.Module):
         self.data_weight = data_weight
         self.smooth_weight = smooth_weight
         self.smooth_pools = smooth_pools
+        self.feature_normalisation = feature_normalisation
+        self.feature_scale = feature_scale
+        self.final_smoothing = final_smoothing
+        self.final_smoothing_kernel = final_smoothing_kernel
 
     def with_iterations(self, iterations: int) -> "InstanceOptimisation":
         """The same settings (and the same ``features`` module) with another number of iterations."""
         return InstanceOptimisation(self.features, self.similarity, self.grid_spacing, iterations, self.lr,
-                                    self.data_weight, self.smooth_weight, self.smooth_pools)
+                                    self.data_weight, self.smooth_weight, self.smooth_pools,
+                                    self.feature_normalisation, self.feature_scale, self.final_smoothing,
+                                    self.final_smoothing_kernel)
+
+    def prepare_features(self, fixed_feat: Tensor, moving_feat: Tensor) -> tuple[Tensor, Tensor]:
+        """The features Adam compares, ``(B, C, *G')``: pooled by ``grid_spacing``, standardised
+        per channel if ``feature_normalisation="channel"``, multiplied by ``feature_scale``."""
+        fixed_feat, moving_feat = pool(fixed_feat, self.grid_spacing), pool(moving_feat, self.grid_spacing)
+        if self.feature_normalisation == "channel":
+            fixed_feat, moving_feat = standardise_channels(fixed_feat, moving_feat)
+        if self.feature_scale != 1.0:
+            fixed_feat, moving_feat = fixed_feat * self.feature_scale, moving_feat * self.feature_scale
+        return fixed_feat, moving_feat
 
     def forward(self, disp: Tensor, fixed_feat: Tensor, moving_feat: Tensor) -> Tensor:
         """Optimised field ``(B, D, *S)`` in voxels of the grid of ``disp`` (detached).
@@ -62,7 +114,8 @@ class InstanceOptimisation(nn.Module):
         """
         if self.iterations == 0:
             return disp
-        return adam_instance_optimisation(
-            disp, pool(fixed_feat, self.grid_spacing), pool(moving_feat, self.grid_spacing),
+        field = adam_instance_optimisation(
+            disp, *self.prepare_features(fixed_feat, moving_feat),
             iterations=self.iterations, lr=self.lr, data_weight=self.data_weight,
             smooth_weight=self.smooth_weight, data_term=self.similarity, smooth_pools=self.smooth_pools)
+        return box_filter(field, self.final_smoothing, self.final_smoothing_kernel)
