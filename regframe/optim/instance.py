@@ -89,7 +89,7 @@ class InstanceOptimisation(nn.Module):
         self.final_smoothing = final_smoothing
         self.final_smoothing_kernel = final_smoothing_kernel
 
-    def with_iterations(self, iterations: int) -> "InstanceOptimisation":
+    def with_iterations(self, iterations: int) -> InstanceOptimisation:
         """The same settings (and the same ``features`` module) with another number of iterations."""
         return InstanceOptimisation(self.features, self.similarity, self.grid_spacing, iterations, self.lr,
                                     self.data_weight, self.smooth_weight, self.smooth_pools,

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from regframe.optim import (adam_instance_optimisation, box_filter, cost_volume, displacement_offsets,
-                            hard_coupled_convex, inverse_consistent, soft_coupled_convex, upsample_field)
+from regframe.optim import (
+    adam_instance_optimisation,
+    box_filter,
+    cost_volume,
+    displacement_offsets,
+    hard_coupled_convex,
+    inverse_consistent,
+    soft_coupled_convex,
+    upsample_field,
+)
 from regframe.spatial import identity_grid, warp
 
 
