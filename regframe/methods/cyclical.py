@@ -13,6 +13,10 @@ through the module's step-wise scheduler.
 Stage numbering: stage 0 = the random network's labels; training stage ``t = 1..stages``
 (``schedule`` index ``t - 1``) covers epochs ``[(t-1) E, t E)`` with ``E = epochs_per_stage`` and
 learns from the labels of stage ``t-1``.
+
+:class:`SelfTrainingLoop` holds this loop; :class:`CyclicalSelfTraining` adds what is specific to
+images (label grid, augmentation, end-point-error loss on the grid, Dice), and
+:class:`~regframe.methods.cyclical_points.PointCyclicalSelfTraining` what is specific to keypoint clouds.
 """
 
 from __future__ import annotations
@@ -61,7 +65,102 @@ def _reinitialise(module: torch.nn.Module, seed: int, init: str = "default") -> 
                 he_initialise(child)
 
 
-class CyclicalSelfTraining(RegistrationModule):
+class SelfTrainingLoop:
+    """What cyclical self-training does whatever it registers (images or point clouds): the stage
+    schedule, the stage-wise learning-rate schedule, the pseudo-label store (opened, reopened on resume,
+    recorded in checkpoints), the random stage-0 network and the training step against stored labels.
+    A :class:`~regframe.stages.SelfTraining` module mixes it in before its LightningModule base, calls
+    :meth:`init_self_training` in ``__init__`` and supplies the problem-specific parts:
+    :meth:`pseudo_label_layout`, ``generate_pseudo_labels`` and :meth:`pseudo_label_batch_loss`."""
+
+    estimator: torch.nn.Module
+    optimizer_factory: Any
+    lr_scheduler_factory: Any
+
+    def init_self_training(self, stages: int, epochs_per_stage: int, pseudo_label_dir: str | None,
+                           random_init_seed: int, stage0_init: str) -> None:
+        """Check and keep the self-training settings (see :class:`CyclicalSelfTraining`)."""
+        if stages < 1 or epochs_per_stage < 1:
+            raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
+        self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
+        if stage0_init not in STAGE0_INITS:
+            raise RegframeInputError(f"stage0_init must be one of {STAGE0_INITS}, got {stage0_init!r}")
+        self.pseudo_label_dir = pseudo_label_dir
+        self.random_init_seed = random_init_seed
+        self.stage0_init = stage0_init
+        self.store: PseudoLabelStore | None = None
+        self.stage_dice: dict[int, float] = {}
+        self._resume: dict | None = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """The optimiser, and the scheduler built for the steps of one stage, stepped every
+        optimiser step (so Lightning checkpoints its position and a resumed run continues it)."""
+        optimizer = self.optimizer_factory(self.estimator.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        steps_per_stage = self.schedule.stages[0].epochs * optimizer_steps_per_epoch(self.trainer)
+        scheduler = self.lr_scheduler_factory(optimizer, steps_per_stage)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ pseudo labels
+    def pseudo_label_layout(self, datamodule: Any) -> tuple[int, tuple[int, ...]]:
+        """Number of training pairs and the shape of one pair's pseudo label in the store."""
+        raise NotImplementedError
+
+    def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
+        """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
+        num_pairs, shape = self.pseudo_label_layout(trainer.datamodule)
+        if self._resume is not None:
+            root = Path(self._resume["root"])
+        elif self.pseudo_label_dir is not None:
+            root = Path(self.pseudo_label_dir)
+        else:
+            root = run_directory(trainer) / "pseudo_labels"
+        fresh = self._resume is None
+        if fresh and (root / MANIFEST).exists():
+            rank_zero_warn(f"pseudo labels: {root} holds labels of an earlier run; this run does not resume "
+                           "from a checkpoint, so it starts again from stage 0 and replaces them")
+        self.store = PseudoLabelStore(root, num_pairs, shape, fresh=fresh)
+        if self._resume is not None and self._resume.get("stage") is not None:
+            self.store.use_stage(int(self._resume["stage"]))
+        return self.store
+
+    def random_stage0_estimator(self) -> torch.nn.Module:
+        """A copy of the whole estimator whose trained network is freshly random (stage-0 labels)."""
+        estimator = copy.deepcopy(self.estimator)
+        _reinitialise(trained_network(estimator), self.random_init_seed, self.stage0_init)
+        return estimator
+
+    # ------------------------------------------------------------------ training
+    def pseudo_label_batch_loss(self, batch: Mapping[str, Any], labels: Tensor) -> Tensor:
+        """The training loss of ``batch`` against the stored ``labels`` of its pairs (``pair_index``)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        if self.store is None:
+            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
+        labels = self.store.read(batch["pair_index"], device=self.device)
+        loss = self.pseudo_label_batch_loss(batch, labels)
+        self.log("train/epe_mm", loss, prog_bar=True, batch_size=len(batch["pair_index"]))
+        return loss
+
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["cst"] = {
+            "root": str(self.store.root) if self.store is not None else None,
+            "stage": self.store.served_stage if self.store is not None else None,
+            "stage_dice": dict(self.stage_dice),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("cst") or {}
+        self.stage_dice = {int(k): float(v) for k, v in (state.get("stage_dice") or {}).items()}
+        self._resume = state if state.get("root") else None
+
+
+class CyclicalSelfTraining(SelfTrainingLoop, RegistrationModule):
     """CST LightningModule.
 
     Args:
@@ -121,35 +220,14 @@ class CyclicalSelfTraining(RegistrationModule):
             raise RegframeInputError(f"CyclicalSelfTraining: estimator {type(estimator).__name__} has no refine(); wrap it "
                                      "in regframe.estimators.refine.Refined (io.iterations: 0 for no Adam)")
         super().__init__(estimator, optimizer, lr_scheduler, label_warp, compute_hd95)
-        if stages < 1 or epochs_per_stage < 1:
-            raise RegframeInputError(f"stages ({stages}) and epochs_per_stage ({epochs_per_stage}) must be >= 1")
-        self.schedule = StageSchedule.repeated("self_training", stages, epochs_per_stage)
+        self.init_self_training(stages, epochs_per_stage, pseudo_label_dir, random_init_seed, stage0_init)
         if loss_crop < 0:
             raise RegframeInputError(f"model.init_args.loss_crop must be >= 0, got {loss_crop}")
         self.label_resample_factor = label_resample_factor
         self.loss_crop = loss_crop
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
-        self.pseudo_label_dir = pseudo_label_dir
         self.pseudo_label_batch = pseudo_label_batch
-        self.random_init_seed = random_init_seed
-        if stage0_init not in STAGE0_INITS:
-            raise RegframeInputError(f"stage0_init must be one of {STAGE0_INITS}, got {stage0_init!r}")
-        self.stage0_init = stage0_init
         self.amp = amp
-        self.store: PseudoLabelStore | None = None
-        self.stage_dice: dict[int, float] = {}
-        self._resume: dict | None = None
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        """The optimiser, and the scheduler built for the steps of one stage, stepped every
-        optimiser step (so Lightning checkpoints its position and a resumed run continues it)."""
-        optimizer = self.optimizer_factory(self.estimator.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        steps_per_stage = self.schedule.stages[0].epochs * optimizer_steps_per_epoch(self.trainer)
-        scheduler = self.lr_scheduler_factory(optimizer, steps_per_stage)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ pseudo labels
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -171,33 +249,12 @@ class CyclicalSelfTraining(RegistrationModule):
         if stage == "fit" and datamodule is not None and getattr(datamodule, "train_subjects", None):
             self.check_loss_crop(tuple(datamodule.train_subjects[0]["image"].shape[1:]))
 
-    def open_pseudo_labels(self, trainer: pl.Trainer) -> PseudoLabelStore:
-        """Create or reopen the store (a resumed run reopens the path and stage its checkpoint recorded)."""
-        datamodule = trainer.datamodule
+    def pseudo_label_layout(self, datamodule: Any) -> tuple[int, tuple[int, ...]]:
+        """One field ``(D, *label grid)`` per training pair."""
         if datamodule is None or not getattr(datamodule, "train_pairs", None):
             raise RegframeInputError("CyclicalSelfTraining needs a datamodule with train_subjects/train_pairs")
         image_shape = tuple(datamodule.train_subjects[0]["image"].shape[1:])
-        shape = (len(image_shape), *self.label_shape(image_shape))
-        if self._resume is not None:
-            root = Path(self._resume["root"])
-        elif self.pseudo_label_dir is not None:
-            root = Path(self.pseudo_label_dir)
-        else:
-            root = run_directory(trainer) / "pseudo_labels"
-        fresh = self._resume is None
-        if fresh and (root / MANIFEST).exists():
-            rank_zero_warn(f"pseudo labels: {root} holds labels of an earlier run; this run does not resume "
-                           "from a checkpoint, so it starts again from stage 0 and replaces them")
-        self.store = PseudoLabelStore(root, len(datamodule.train_pairs), shape, fresh=fresh)
-        if self._resume is not None and self._resume.get("stage") is not None:
-            self.store.use_stage(int(self._resume["stage"]))
-        return self.store
-
-    def random_stage0_estimator(self) -> DisplacementEstimator:
-        """A copy of the whole estimator whose trained network is freshly random (stage-0 labels)."""
-        estimator = copy.deepcopy(self.estimator)
-        _reinitialise(trained_network(estimator), self.random_init_seed, self.stage0_init)
-        return estimator
+        return len(datamodule.train_pairs), (len(image_shape), *self.label_shape(image_shape))
 
     def generate_pseudo_labels(self, datamodule: Any, stage: int, estimator: DisplacementEstimator | None = None) -> Tensor:
         """Store the refined fields of ``estimator`` (default: the trained pipeline) for every
@@ -226,14 +283,8 @@ class CyclicalSelfTraining(RegistrationModule):
         mm = (spacing / self.label_resample_factor).view(-1, dims, *([1] * dims))
         return end_point_error(pred.float() * mm, target * mm, spacing=[1.0] * dims, crop=self.loss_crop)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        if self.store is None:
-            raise RegframeInputError("no pseudo labels: add callbacks.pseudo_labels.PseudoLabelRefresh to the trainer")
-        fixed = batch["fixed"]
-        target = self.store.read(batch["pair_index"], device=fixed.device)
-        loss = self.pseudo_label_loss(fixed, batch["moving"], target, batch.get("spacing"))
-        self.log("train/epe_mm", loss, prog_bar=True, batch_size=fixed.shape[0])
-        return loss
+    def pseudo_label_batch_loss(self, batch: Mapping[str, Any], labels: Tensor) -> Tensor:
+        return self.pseudo_label_loss(batch["fixed"], batch["moving"], labels, batch.get("spacing"))
 
     # ------------------------------------------------------------------ evaluation helpers
     @torch.no_grad()
@@ -252,17 +303,3 @@ class CyclicalSelfTraining(RegistrationModule):
         estimator.train(was_training)
         finite = [s for s in scores if math.isfinite(s)]
         return sum(finite) / max(len(finite), 1)
-
-    # ------------------------------------------------------------------ checkpoint
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["cst"] = {
-            "root": str(self.store.root) if self.store is not None else None,
-            "stage": self.store.served_stage if self.store is not None else None,
-            "stage_dice": dict(self.stage_dice),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("cst") or {}
-        self.stage_dice = {int(k): float(v) for k, v in (state.get("stage_dice") or {}).items()}
-        self._resume = state if state.get("root") else None

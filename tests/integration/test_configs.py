@@ -54,22 +54,26 @@ def data_classes(paths: list[Path]) -> tuple[str, str | None]:
     return outer, inner
 
 
-def data_location(paths: list[Path], tmp_path: Path, paired_root: Path) -> dict:
-    """The ``data.init_args`` that put a config's data in a test folder."""
+def data_location(paths: list[Path], tmp_path: Path, paired_root: Path, request: pytest.FixtureRequest) -> dict:
+    """The ``data.init_args`` that put a config's data in a test folder (point clouds: the real
+    ``../shared/data/LungCT_L2R`` through the ``shared_data`` fixture, which skips when it is absent)."""
     outer, inner = data_classes(paths)
     leaf = (inner or outer).rpartition(".")[2]
+    if leaf == "PointCloudDataModule":
+        return {"root": str(request.getfixturevalue("shared_data") / "LungCT_L2R")}
     root = {"PairedDataModule": str(paired_root), "PhantomDataModule": str(tmp_path / "phantom")}[leaf]
     return {"volumes": {"init_args": {"root": root}}} if inner else {"root": root}
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_config_runs_one_step(config: str, tmp_path: Path, paired_phantom: Path, monkeypatch: pytest.MonkeyPatch):
+def test_config_runs_one_step(config: str, tmp_path: Path, paired_phantom: Path, monkeypatch: pytest.MonkeyPatch,
+                              request: pytest.FixtureRequest):
     override = CONF / config
     assert override.is_file(), f"add the small override file tests/conf/{config} for experiments/{config}"
     monkeypatch.chdir(tmp_path)  # configs write under ./runs
     configs = [*bases(config), EXPERIMENTS / config, override]
     location = tmp_path / "location.yaml"
-    location.write_text(yaml.safe_dump({"data": {"init_args": data_location(configs, tmp_path, paired_phantom)},
+    location.write_text(yaml.safe_dump({"data": {"init_args": data_location(configs, tmp_path, paired_phantom, request)},
                                         "trainer": {"default_root_dir": str(tmp_path)}}))
     args = ["fit", *[a for c in [*configs, location] for a in ("--config", str(c))], "--trainer.fast_dev_run=true"]
     cli = RegframeCLI(args=args)
