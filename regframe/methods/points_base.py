@@ -1,0 +1,85 @@
+"""``PointRegistrationModule``: what point-cloud methods share (the counterpart of
+:class:`~regframe.methods.base.RegistrationModule` for clouds).
+
+It owns one :class:`~regframe.estimators.points.PointDisplacementEstimator` and does validation /
+test on the batches of :class:`data_modules.points.PointCloudDataModule`: ``{prefix}/tre_mm``, the
+mean TRE at the landmarks (displacements interpolated there, :mod:`regframe.point_metrics`), and
+``{prefix}/tre_keypoints_mm`` at the fixed points when ``fixed_points_in_moving`` is present. It
+builds the optimiser and its scheduler (stepped once per epoch: point epochs are a few steps) and
+stops on a non-finite loss. Subclasses implement ``training_step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from regframe.estimators.points import PointCloudEstimator, PointDisplacementEstimator
+from regframe.methods.base import save_config_hyperparameters, stop_on_nonfinite_loss
+from regframe.point_metrics import keypoint_tre, landmark_tre
+
+
+class PointRegistrationModule(pl.LightningModule):
+    """Base LightningModule of point methods.
+
+    Args:
+        estimator: ``displacements (B, N, 3) mm = estimator(fixed_points, moving_points)``.
+        optimizer: optimiser factory over the estimator's parameters (YAML ``class_path``).
+        lr_scheduler: optional scheduler factory, stepped once per epoch.
+        spline_smooth_weight: regularisation (mm³) of the spline that carries the displacements to the
+            landmarks (0: interpolating).
+    """
+
+    def __init__(self, estimator: PointDisplacementEstimator | None = None,
+                 optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None,
+                 spline_smooth_weight: float = 0.0) -> None:
+        super().__init__()
+        save_config_hyperparameters(self)
+        self.estimator = estimator if estimator is not None else PointCloudEstimator()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.spline_smooth_weight = spline_smooth_weight
+
+    def forward(self, fixed_points: Tensor, moving_points: Tensor) -> Tensor:
+        return self.estimator(fixed_points, moving_points)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
+        return self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> dict[str, float]:
+        fixed_points = batch["fixed_points"]
+        displacements = self.estimator(fixed_points, batch["moving_points"]).float()
+        scores: dict[str, float] = {}
+        for i in range(fixed_points.shape[0]):
+            item = {f"{prefix}/tre_mm": landmark_tre(fixed_points[i], displacements[i], batch["fixed_landmarks"][i],
+                                                     batch["moving_landmarks"][i],
+                                                     self.spline_smooth_weight).mean().item()}
+            if "fixed_points_in_moving" in batch:
+                item[f"{prefix}/tre_keypoints_mm"] = keypoint_tre(fixed_points[i], displacements[i],
+                                                                  batch["fixed_points_in_moving"][i]).mean().item()
+            self.log_dict(item, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
+            scores = item
+        return scores
+
+    def log_training_loss(self, loss: Tensor, batch_size: int, **terms: Tensor) -> None:
+        """Log ``train/loss`` and each named term as ``train/<name>``."""
+        values = {"train/loss": loss.detach(), **{f"train/{name}": value.detach() for name, value in terms.items()}}
+        self.log_dict(values, on_step=True, on_epoch=True, prog_bar=False, batch_size=batch_size)
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        stop_on_nonfinite_loss(self, loss)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.estimator.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
