@@ -14,12 +14,12 @@ from test_configs import CONF, CONFIGS, EXPERIMENTS, bases, data_location
 from regframe.cli import RegframeCLI, main
 
 
-def parsed(config: str, tmp_path: Path, paired_phantom: Path) -> RegframeCLI:
+def parsed(config: str, tmp_path: Path, paired_phantom: Path, request: pytest.FixtureRequest) -> RegframeCLI:
     """``config`` (after its bases, with its tests/conf override and the data in test folders) parsed
     and instantiated, not run, in the working directory ``tmp_path``."""
     configs = [*bases(config), EXPERIMENTS / config, CONF / config]
     location = tmp_path / "location.yaml"
-    location.write_text(yaml.safe_dump({"data": {"init_args": data_location(configs, tmp_path, paired_phantom)}}))
+    location.write_text(yaml.safe_dump({"data": {"init_args": data_location(configs, tmp_path, paired_phantom, request)}}))
     return RegframeCLI(args=[a for c in [*configs, location] for a in ("--config", str(c))], run=False)
 
 
@@ -29,9 +29,9 @@ def is_under(path: str | Path, folder: Path) -> bool:
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_shipped_config_writes_logs_checkpoints_and_pseudo_labels_under_runs(config, tmp_path, paired_phantom,
-                                                                             monkeypatch):
+                                                                             monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    trainer = parsed(config, tmp_path, paired_phantom).trainer
+    trainer = parsed(config, tmp_path, paired_phantom, request).trainer
     runs = tmp_path / "runs"
     loggers = [logger for logger in trainer.loggers if not isinstance(logger, DummyLogger)]
     # logs (and checkpoints without a dirpath) go to <logger save_dir>/<name>/<version>, or without a
