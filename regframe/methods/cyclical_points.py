@@ -24,7 +24,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -33,12 +32,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from regframe.errors import RegframeInputError
-from regframe.estimators.points import PointCloudEstimator, PointDisplacementEstimator
+from regframe.estimators.points import PointDisplacementEstimator
 from regframe.estimators.protocols import trained_network
-from regframe.methods.base import save_config_hyperparameters, stop_on_nonfinite_loss
 from regframe.methods.cyclical import SelfTrainingLoop
+from regframe.methods.points_base import PointRegistrationModule
 from regframe.point_clouds import PointPair, voxel_to_mm
-from regframe.point_fields import evaluate_spline, fit_spline
 from regframe.stages import StageLRSchedulerCallable
 
 
@@ -92,14 +90,7 @@ def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, fixed_count: i
     return labels
 
 
-def interpolate_displacements(points: Tensor, displacements: Tensor, at: Tensor, smooth_weight: float) -> Tensor:
-    """Displacements ``(P, 3)`` mm at ``at (P, 3)`` from ``displacements (N, 3)`` at ``points (N, 3)`` (mm),
-    by the cubic spline of :mod:`regframe.point_fields`."""
-    weights, affine = fit_spline(points.double(), displacements.double(), smooth_weight)
-    return evaluate_spline(points.double(), weights, affine, at.double()).to(displacements.dtype)
-
-
-class PointCyclicalSelfTraining(SelfTrainingLoop, pl.LightningModule):
+class PointCyclicalSelfTraining(SelfTrainingLoop, PointRegistrationModule):
     """CST LightningModule for keypoint clouds (:class:`~data_modules.points.PointCloudDataModule` batches).
 
     Args:
@@ -113,8 +104,9 @@ class PointCyclicalSelfTraining(SelfTrainingLoop, pl.LightningModule):
         pseudo_label_dir: where the store lives (default ``<run dir>/pseudo_labels``).
         random_init_seed, stage0_init: the random stage-0 network (see
             :class:`~regframe.methods.cyclical.CyclicalSelfTraining`).
-        interpolation_smooth_weight: ``smooth_weight`` (mm³) of the spline that interpolates the sparse
-            displacements at the landmarks for the TRE (0: exact interpolation).
+        spline_smooth_weight: regularisation (mm³) of the spline that carries the sparse displacements
+            to the landmarks for the TRE (0: interpolating); validation is
+            :class:`~regframe.methods.points_base.PointRegistrationModule`'s.
     """
 
     def __init__(
@@ -127,21 +119,10 @@ class PointCyclicalSelfTraining(SelfTrainingLoop, pl.LightningModule):
         pseudo_label_dir: str | None = None,
         random_init_seed: int = 1234,
         stage0_init: str = "default",
-        interpolation_smooth_weight: float = 0.0,
+        spline_smooth_weight: float = 0.0,
     ) -> None:
-        super().__init__()
-        save_config_hyperparameters(self)
-        self.estimator = estimator if estimator is not None else PointCloudEstimator()
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
+        super().__init__(estimator, optimizer, lr_scheduler, spline_smooth_weight)
         self.init_self_training(stages, epochs_per_stage, pseudo_label_dir, random_init_seed, stage0_init)
-        if interpolation_smooth_weight < 0:
-            raise RegframeInputError(f"model.init_args.interpolation_smooth_weight must be >= 0, "
-                                     f"got {interpolation_smooth_weight}")
-        self.interpolation_smooth_weight = interpolation_smooth_weight
-
-    def forward(self, fixed_points: Tensor, moving_points: Tensor) -> Tensor:
-        return self.estimator(fixed_points, moving_points)
 
     def mean_val_dice(self, estimator: nn.Module, dataloader: Any) -> float:
         """Point clouds carry no label maps, so there is no Dice to score (``PseudoLabelRefresh``'s
@@ -198,35 +179,3 @@ class PointCyclicalSelfTraining(SelfTrainingLoop, pl.LightningModule):
         target = augmented_labels(picked, batch["fixed_points"], batch["fixed_affine"], batch["moving_affine"])
         predicted = trained_network(self.estimator)(batch["fixed_points"], batch["moving_points"])
         return (predicted - target).norm(dim=-1).mean()
-
-    def on_before_backward(self, loss: Tensor) -> None:
-        stop_on_nonfinite_loss(self, loss)
-
-    # ------------------------------------------------------------------ evaluation
-    def landmark_errors(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Per pair ``(B,)``: mean TRE (mm) at the landmarks after registration (``tre_mm``) and before
-        (``initial_tre_mm``), and at the fixed keypoints (``keypoint_tre_mm``)."""
-        fixed, moving = batch["fixed_points"], batch["moving_points"]
-        displacements = self.estimator(fixed, moving).float()
-        results: dict[str, list[Tensor]] = {"tre_mm": [], "initial_tre_mm": [], "keypoint_tre_mm": []}
-        for i in range(fixed.shape[0]):
-            landmarks, targets = batch["fixed_landmarks"][i], batch["moving_landmarks"][i]
-            at_landmarks = interpolate_displacements(fixed[i], displacements[i], landmarks,
-                                                     self.interpolation_smooth_weight)
-            results["tre_mm"].append((landmarks + at_landmarks - targets).norm(dim=1).mean())
-            results["initial_tre_mm"].append((landmarks - targets).norm(dim=1).mean())
-            results["keypoint_tre_mm"].append(
-                (fixed[i] + displacements[i] - batch["fixed_points_in_moving"][i]).norm(dim=1).mean())
-        return {key: torch.stack(values) for key, values in results.items()}
-
-    def _evaluate(self, batch: Mapping[str, Any], prefix: str) -> dict[str, float]:
-        errors = self.landmark_errors(batch)
-        scores = {f"{prefix}/{key}": float(values.mean()) for key, values in errors.items()}
-        self.log_dict(scores, on_epoch=True, on_step=False, batch_size=len(errors["tre_mm"]))
-        return scores
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
-        return self._evaluate(batch, "val")
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, float]:
-        return self._evaluate(batch, "test")

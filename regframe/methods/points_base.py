@@ -3,7 +3,8 @@
 
 It owns one :class:`~regframe.estimators.points.PointDisplacementEstimator` and does validation /
 test on the batches of :class:`data_modules.points.PointCloudDataModule`: ``{prefix}/tre_mm``, the
-mean TRE at the landmarks (displacements interpolated there, :mod:`regframe.point_metrics`), and
+mean TRE at the landmarks (displacements interpolated there, :mod:`regframe.point_metrics`),
+``{prefix}/initial_tre_mm`` (the same before registration), and
 ``{prefix}/tre_keypoints_mm`` at the fixed points when ``fixed_points_in_moving`` is present. It
 builds the optimiser and its scheduler (stepped once per epoch: point epochs are a few steps) and
 stops on a non-finite loss. Subclasses implement ``training_step``.
@@ -19,6 +20,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from regframe.errors import RegframeInputError
 from regframe.estimators.points import PointCloudEstimator, PointDisplacementEstimator
 from regframe.methods.base import save_config_hyperparameters, stop_on_nonfinite_loss
 from regframe.point_metrics import keypoint_tre, landmark_tre
@@ -40,6 +42,8 @@ class PointRegistrationModule(pl.LightningModule):
                  spline_smooth_weight: float = 0.0) -> None:
         super().__init__()
         save_config_hyperparameters(self)
+        if spline_smooth_weight < 0:
+            raise RegframeInputError(f"model.init_args.spline_smooth_weight must be >= 0, got {spline_smooth_weight}")
         self.estimator = estimator if estimator is not None else PointCloudEstimator()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -59,9 +63,10 @@ class PointRegistrationModule(pl.LightningModule):
         displacements = self.estimator(fixed_points, batch["moving_points"]).float()
         scores: dict[str, float] = {}
         for i in range(fixed_points.shape[0]):
-            item = {f"{prefix}/tre_mm": landmark_tre(fixed_points[i], displacements[i], batch["fixed_landmarks"][i],
-                                                     batch["moving_landmarks"][i],
-                                                     self.spline_smooth_weight).mean().item()}
+            landmarks, targets = batch["fixed_landmarks"][i], batch["moving_landmarks"][i]
+            item = {f"{prefix}/tre_mm": landmark_tre(fixed_points[i], displacements[i], landmarks, targets,
+                                                     self.spline_smooth_weight).mean().item(),
+                    f"{prefix}/initial_tre_mm": (landmarks - targets).norm(dim=1).mean().item()}
             if "fixed_points_in_moving" in batch:
                 item[f"{prefix}/tre_keypoints_mm"] = keypoint_tre(fixed_points[i], displacements[i],
                                                                   batch["fixed_points_in_moving"][i]).mean().item()

@@ -111,7 +111,7 @@ def test_one_stage_of_training_keeps_the_landmark_tre_low(translated_pairs, tmp_
     assert trainer.global_step == 1  # two training pairs, batch 2
     assert math.isclose(float(metrics["val/initial_tre_mm"]), float(SHIFT_MM.norm()), rel_tol=1e-4)
     initial = float(SHIFT_MM.norm())  # 4.6 mm; a few wrongly matched clusters keep the mean TRE up
-    assert float(metrics["val/tre_mm"]) < 0.85 * initial and float(metrics["val/keypoint_tre_mm"]) < 0.85 * initial
+    assert float(metrics["val/tre_mm"]) < 0.85 * initial and float(metrics["val/tre_keypoints_mm"]) < 0.85 * initial
     assert model.store.served_stage == 0 and math.isfinite(float(metrics["train/epe_mm"]))
 
 
@@ -142,8 +142,8 @@ def test_stage_step_lr_decays_at_the_milestones_and_restarts_each_stage():
 
 
 def test_bad_settings_and_dice_request_raise(tmp_path):
-    with pytest.raises(RegframeInputError, match="interpolation_smooth_weight"):
-        point_cst(tmp_path, interpolation_smooth_weight=-1.0)
+    with pytest.raises(RegframeInputError, match="spline_smooth_weight"):
+        point_cst(tmp_path, spline_smooth_weight=-1.0)
     with pytest.raises(RegframeInputError, match="stages"):
         point_cst(tmp_path, stages=0)
     with pytest.raises(RegframeInputError, match="evaluate_stage0"):
