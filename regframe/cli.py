@@ -1,5 +1,5 @@
-"""Command line: LightningCLI for training (``fit``/``validate``/``test``/``predict``) plus
-``regframe register``, ``regframe evaluate`` and ``regframe data``.
+"""Command line: LightningCLI for training (``fit``/``validate``/``test``/``predict``) plus the tools
+of :mod:`regframe.tools` (``regframe register``, ``evaluate``, ``apply``, ``compare``, ``data``).
 
 ``regframe``, ``lightning`` and ``python -m regframe`` all start :func:`main`.
 """
@@ -22,7 +22,6 @@ from regframe.methods.base import NonFiniteLossError
 from regframe.plugins import import_plugins
 from regframe.run_config import RunConfigCallback, continue_wandb_run
 from regframe.tools import TOOLS, run_tool
-
 
 
 def multiply(*factors: int | float) -> int | float:
@@ -65,7 +64,6 @@ class RegframeCLI(LightningCLI):
             args=args,
             **kwargs,
         )
-
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse as LightningCLI does; an interpolation that cannot be resolved is a usage error
