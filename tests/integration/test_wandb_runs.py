@@ -76,8 +76,9 @@ def test_resuming_from_a_checkpoint_continues_the_wandb_run(tmp_path, paired_pha
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_1.yaml"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["ckpt_path"] is None
     assert yaml.safe_load((run_dir / "config_1.yaml").read_text())["ckpt_path"] == str(first)
+    # W&B names each offline folder run-<time>-<id>, with "-1" appended when two start in the same second
     wandb_runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in wandb_runs)
+    assert len(wandb_runs) == 2 and all(p.name.split("-")[3] == run_id for p in wandb_runs)
 
 
 def test_cst_pseudo_labels_live_in_the_run_directory_outside_wandb_files(tmp_path, monkeypatch):
