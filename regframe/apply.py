@@ -29,7 +29,7 @@ import torch
 from regframe.errors import RegframeInputError
 from regframe.io import Volume, read_displacement, read_image, read_label, write_nifti
 from regframe.learn2reg import read_keypoints
-from regframe.orientation import reorient_volume
+from regframe.orientation import reorient_volume, voxel_spacing
 from regframe.points import fixed_to_moving, moving_to_fixed, voxel_to_world, world_to_voxel
 from regframe.spatial import warp, warp_labels
 
@@ -57,11 +57,11 @@ class Field:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return voxel_spacing(self.affine)
 
 
 def _directions(affine: np.ndarray) -> np.ndarray:
-    return affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return affine[:3, :3] / voxel_spacing(affine)
 
 
 def check_moving_grid(field: Field, grid: Volume) -> None:
@@ -177,8 +177,6 @@ def apply_points(args: argparse.Namespace, field: Field, moving_affine: np.ndarr
     """Map the ``--points`` CSV to the other grid and write it (same units); warn about points the
     inversion did not resolve."""
     points = read_keypoints(args.points)
-    if points.shape[1] != 3:
-        raise RegframeInputError(f"{args.points}: expected 3 comma-separated coordinates per row, got {points.shape[1]}")
     space = args.points_space or "fixed"
     source_affine, target_affine = (field.affine, moving_affine) if space == "fixed" else (moving_affine, field.affine)
     mm = args.points_units == "mm"

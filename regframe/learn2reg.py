@@ -167,14 +167,17 @@ def load_dataset_json(path: str | Path) -> Learn2RegSpec:
 
 
 def read_keypoints(path: Path) -> torch.Tensor:
-    """Learn2Reg keypoints csv (one point per row, voxel coordinates) -> ``(N, D)`` float32."""
+    """Learn2Reg keypoints csv (one ``x,y,z`` row per point, voxel coordinates) -> ``(N, 3)`` float32;
+    a one-line error naming the file for an unreadable, empty, non-finite or wrongly shaped table."""
     try:
-        points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
-    except ValueError as err:
+        points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except (ValueError, OSError) as err:
         raise RegframeInputError(f"{path}: cannot read keypoints as comma-separated numbers ({err})") from err
+    if points.shape[0] == 0 or points.shape[1] != 3:
+        raise RegframeInputError(f"{path}: expected rows of 3 coordinates (x,y,z), got shape {points.shape}")
     if not np.isfinite(points).all():
         raise RegframeInputError(f"{path}: keypoints contain NaN/Inf")
-    return torch.from_numpy(points)
+    return torch.from_numpy(points.astype(np.float32))
 
 
 def label_ids(label: np.ndarray) -> list[int]:

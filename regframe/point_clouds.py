@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
@@ -33,10 +32,9 @@ from torch.utils.data import Dataset, Sampler
 from regframe.augment import PairAffineAugmentation
 from regframe.errors import RegframeInputError
 from regframe.io import read_label
-from regframe.learn2reg import subject_id
+from regframe.learn2reg import read_keypoints, subject_id
 from regframe.orientation import voxel_spacing
-
-POINT_COLUMNS = 3
+from regframe.points import apply_affine
 
 
 @dataclass(frozen=True)
@@ -107,22 +105,8 @@ def find_point_pairs(root: str | Path, config: str | Path | None = None) -> list
     return found
 
 
-def read_point_csv(path: Path) -> Tensor:
-    """``x,y,z`` rows of voxel coordinates -> ``(N, 3)`` float32; a one-line error naming the file
-    for an unreadable, empty, non-finite or wrongly shaped table."""
-    try:
-        points = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    except (ValueError, OSError) as err:
-        raise RegframeInputError(f"{path}: cannot read points as comma-separated numbers ({err})") from err
-    if points.shape[0] == 0 or points.shape[1] != POINT_COLUMNS:
-        raise RegframeInputError(f"{path}: expected rows of {POINT_COLUMNS} coordinates, got shape {points.shape}")
-    if not np.isfinite(points).all():
-        raise RegframeInputError(f"{path}: points contain NaN/Inf")
-    return torch.from_numpy(points.astype(np.float32))
-
-
 def _corresponding(fixed_path: Path, moving_path: Path) -> tuple[Tensor, Tensor]:
-    fixed, moving = read_point_csv(fixed_path), read_point_csv(moving_path)
+    fixed, moving = read_keypoints(fixed_path), read_keypoints(moving_path)
     if len(fixed) != len(moving):
         raise RegframeInputError(f"{moving_path}: {len(moving)} points, but {fixed_path} has {len(fixed)}; "
                                  "corresponding point files need the same number of rows")
@@ -183,12 +167,6 @@ def draw_clouds(rows: int, fixed_count: int, moving_count: int, disjoint: bool,
     else:
         moving = torch.randperm(rows, generator=generator)[:moving_count]
     return fixed, moving
-
-
-def apply_affine(affine: Tensor, points: Tensor) -> Tensor:
-    """``affine (D+1, D+1)`` (homogeneous, mm) applied to ``points (N, D)`` mm: ``A x + t``."""
-    dims = points.shape[-1]
-    return points @ affine[:dims, :dims].T.to(points) + affine[:dims, dims].to(points)
 
 
 def normalised_to_mm_affine(theta: Tensor, extent: Tensor) -> Tensor:

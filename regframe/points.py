@@ -69,13 +69,19 @@ def moving_to_fixed(disp: Tensor, points: Tensor, tolerance: float = 1e-5, max_i
     return Inversion(current, residual, iterations)
 
 
+def apply_affine(affine: Tensor, points: Tensor) -> Tensor:
+    """Homogeneous ``affine (..., D+1, D+1)`` applied to ``points (..., N, D)``: ``A x + t`` (batched
+    when both carry leading batch axes)."""
+    dims = points.shape[-1]
+    affine = affine.to(points)
+    return points @ affine[..., :dims, :dims].transpose(-1, -2) + affine[..., None, :dims, dims]
+
+
 def voxel_to_world(affine: np.ndarray, points: Tensor) -> Tensor:
     """World coordinates (mm) of voxel ``points (N, 3)`` through a 4x4 voxel-to-world ``affine``; float64."""
-    matrix = torch.as_tensor(affine, dtype=torch.float64)
-    return points.double() @ matrix[:3, :3].T + matrix[:3, 3]
+    return apply_affine(torch.as_tensor(affine, dtype=torch.float64), points.double())
 
 
 def world_to_voxel(affine: np.ndarray, points: Tensor) -> Tensor:
     """Voxel coordinates of world ``points (N, 3)`` (mm) on the grid of ``affine``; float64."""
-    inverse = torch.as_tensor(np.linalg.inv(affine), dtype=torch.float64)
-    return points.double() @ inverse[:3, :3].T + inverse[:3, 3]
+    return apply_affine(torch.as_tensor(np.linalg.inv(affine), dtype=torch.float64), points.double())

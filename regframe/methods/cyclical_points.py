@@ -37,6 +37,7 @@ from regframe.estimators.protocols import trained_network
 from regframe.methods.cyclical import SelfTrainingLoop
 from regframe.methods.points_base import PointRegistrationModule
 from regframe.point_clouds import PointPair, voxel_to_mm
+from regframe.points import apply_affine
 from regframe.stages import StageLRSchedulerCallable
 
 
@@ -54,17 +55,12 @@ class StageStepLR(LambdaLR):
         super().__init__(optimizer, lambda step: gamma ** sum(step % steps_per_stage >= s for s in steps))
 
 
-def batched_affine(affines: Tensor, points: Tensor) -> Tensor:
-    """``affines (B, 4, 4)`` (homogeneous, mm) applied to ``points (B, N, 3)`` mm."""
-    return points @ affines[:, :3, :3].transpose(1, 2) + affines[:, None, :3, 3]
-
-
 def augmented_labels(labels: Tensor, fixed_points: Tensor, fixed_affine: Tensor, moving_affine: Tensor) -> Tensor:
     """Displacements ``(B, N, 3)`` mm at the served (augmented) ``fixed_points``: the original-frame
     ``labels (B, N, 3)`` at the original points ``x = A_F⁻¹ x'`` become ``A_M (x + d) − x'``."""
     served = fixed_points.double()
-    original = batched_affine(torch.linalg.inv(fixed_affine.double()), served)
-    return (batched_affine(moving_affine.double(), original + labels.double()) - served).to(fixed_points.dtype)
+    original = apply_affine(torch.linalg.inv(fixed_affine.double()), served)
+    return (apply_affine(moving_affine.double(), original + labels.double()) - served).to(fixed_points.dtype)
 
 
 @torch.no_grad()

@@ -13,9 +13,19 @@ import torch
 from data_modules.points import PointCloudDataModule
 from regframe.errors import RegframeInputError
 from regframe.io import write_nifti
-from regframe.point_clouds import (CloudSampling, EpochSeededSampler, apply_affine, cloud_sizes, draw_clouds,
-                                   find_point_pairs, load_point_pair, mm_to_voxel, normalised_to_mm_affine,
-                                   point_pair_item, voxel_to_mm)
+from regframe.point_clouds import (
+    CloudSampling,
+    EpochSeededSampler,
+    cloud_sizes,
+    draw_clouds,
+    find_point_pairs,
+    load_point_pair,
+    mm_to_voxel,
+    normalised_to_mm_affine,
+    point_pair_item,
+    voxel_to_mm,
+)
+from regframe.points import apply_affine
 
 SPACING = (1.75, 1.25, 1.75)
 SHAPE = (20, 24, 22)
