@@ -139,11 +139,19 @@ class RegistrationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.estimator.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_scheduler(self.optimizer_factory, self.lr_scheduler_factory,
+                                       self.estimator.parameters(), interval="step")
+
+
+def optimizer_and_scheduler(optimizer_factory: OptimizerCallable, lr_scheduler_factory: LRSchedulerCallable | None,
+                            parameters: Any, interval: str) -> Any:
+    """``configure_optimizers``' answer for one optimiser over ``parameters`` and an optional scheduler
+    that Lightning steps every ``interval`` (``"step"`` or ``"epoch"``)."""
+    optimizer = optimizer_factory(parameters)
+    if lr_scheduler_factory is None:
+        return optimizer
+    scheduler = lr_scheduler_factory(optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
 
 def stop_on_nonfinite_loss(module: pl.LightningModule, loss: Tensor) -> None:

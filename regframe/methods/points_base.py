@@ -22,7 +22,7 @@ from torch import Tensor
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.points import PointCloudEstimator, PointDisplacementEstimator
-from regframe.methods.base import save_config_hyperparameters, stop_on_nonfinite_loss
+from regframe.methods.base import optimizer_and_scheduler, save_config_hyperparameters, stop_on_nonfinite_loss
 from regframe.point_metrics import keypoint_tre, landmark_tre
 
 
@@ -83,8 +83,5 @@ class PointRegistrationModule(pl.LightningModule):
         stop_on_nonfinite_loss(self, loss)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.estimator.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return optimizer_and_scheduler(self.optimizer_factory, self.lr_scheduler_factory,
+                                       self.estimator.parameters(), interval="epoch")
