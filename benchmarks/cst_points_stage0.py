@@ -19,7 +19,7 @@ import torch
 from regframe.estimators.points import PointCloudEstimator
 from regframe.features.graph_cnn import GraphFeatureNet
 from regframe.optim.sparse_lbp import SparseLBP
-from regframe.point_clouds import find_point_pairs, load_point_pair, voxel_to_mm
+from regframe.point_clouds import draw_clouds, find_point_pairs, load_point_pair, voxel_to_mm
 
 SETTINGS = [(16, 0.01), (64, 0.01), (64, 0.1)]  # (candidates L, smooth_weight)
 
@@ -27,11 +27,8 @@ SETTINGS = [(16, 0.01), (64, 0.01), (64, 0.1)]  # (candidates L, smooth_weight)
 def label_error(estimator: PointCloudEstimator, fixed: torch.Tensor, moving: torch.Tensor, disjoint: bool,
                 seed: int) -> tuple[float, float]:
     """Mean |estimated - true| and mean |true| displacement (mm) over the fixed cloud of one pair."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(fixed), generator=generator)
-    chunk = order[: len(fixed) // 3]
-    pool = order[len(fixed) // 3:] if disjoint else torch.arange(len(fixed))
-    moving_rows = pool[torch.randperm(len(pool), generator=generator)[: 2 * len(chunk)]]
+    third = len(fixed) // 3
+    chunk, moving_rows = draw_clouds(len(fixed), third, 2 * third, disjoint, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         estimate = estimator(fixed[chunk][None], moving[moving_rows][None])[0]
     truth = moving[chunk] - fixed[chunk]
