@@ -14,17 +14,16 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from callbacks.validation_panels import middle_slice
 from regframe.stages import WeightMapSource, require
 
 
 def map_to_image(volume: Tensor, axis: int = -1) -> np.ndarray:
     """A ``(1, *S)`` map as a 2D float image in [0, 1] (min-max scaled; the middle slice along
     ``axis`` of the spatial axes for 3D)."""
-    image = volume[0].detach().float().cpu()
-    if image.dim() == 3:
-        image = image.select(axis, image.shape[axis] // 2)
+    image = middle_slice(volume[0], axis)
     low, high = image.min(), image.max()
-    return ((image - low) / (high - low).clamp_min(1e-12)).numpy()
+    return ((image - low) / max(high - low, 1e-12)).astype(np.float32)
 
 
 class WeightMapSnapshot(pl.Callback):
