@@ -4,8 +4,8 @@
 A batch (``B`` items; ``(B, ...)`` tensors, lists where shapes differ between items):
 
 - ``fixed_points (B, N_f, 3)``, ``moving_points (B, N_m, 3)``: mm (``voxel x spacing``, origin at
-  voxel 0), random subsets of the pair's keypoints, disjoint by default, rows shuffled: the
-  keypoint correspondence is not given.
+  voxel 0), random subsets of the pair's keypoints drawn independently (``disjoint``: no shared
+  row), rows shuffled: the keypoint correspondence is not given.
 - ``fixed_point_index (B, N_f)``: row of each fixed point in the pair's fixed keypoint file
   (to keep per-point pseudo labels across epochs; it says nothing about the moving cloud).
 - ``fixed_landmarks``, ``moving_landmarks (B, L, 3)`` mm, row ``i`` corresponding (evaluation only).
@@ -38,6 +38,13 @@ class PointCloudDataModule(pl.LightningDataModule):
     augmentation and with the same subsets every time. Cloud sizes are ``fixed_count`` and
     ``moving_count`` (the paper: about 1k and 2k), scaled down together to fit the pair with the
     fewest keypoints (``disjoint``: fixed + moving rows; else each), so batches stack.
+
+    Independent subsets (the default) stand for keypoints detected separately on each scan, as the
+    paper's Förstner keypoints are: a repeatable detector fires on the same structure in both, so
+    most fixed points have a counterpart in the moving cloud (here an exact one, without the
+    detector's localisation noise). ``disjoint`` removes every counterpart: the nearest moving point
+    to a fixed point's target is then about 13 mm away on these pairs, and random-feature pseudo
+    labels are worse than no registration (``benchmarks/cst_points_results.md``).
     """
 
     def __init__(
@@ -47,7 +54,7 @@ class PointCloudDataModule(pl.LightningDataModule):
         config: str | None = None,
         fixed_count: int = 1000,
         moving_count: int = 2000,
-        disjoint: bool = True,
+        disjoint: bool = False,
         augment: bool = True,
         sigma_fixed: float = 0.075,
         sigma_moving_extra: float = 0.05,

@@ -10,8 +10,8 @@ Units: clouds are in mm, ``mm = voxel index x spacing`` per axis, origin at voxe
 affine's origin and direction are ignored; in LungCT they are zero and the identity).
 
 A registration method must not see the keypoint correspondence: :func:`draw_clouds` takes the
-fixed and the moving cloud from different random subsets of the rows (disjoint by default) and
-shuffles both. Landmarks, and the true moving position of each fixed point, are for evaluation.
+fixed and the moving cloud from different random subsets of the rows (independent or disjoint)
+and shuffles both. Landmarks, and the true moving position of each fixed point, are for evaluation.
 Random affine augmentation (:func:`random_point_affines`) maps the fixed cloud and fixed landmarks
 with one affine, the moving cloud and moving landmarks with another (CST's asymmetric
 augmentation; ``sigma_moving_extra=0`` makes them equal); both affines travel with the item.

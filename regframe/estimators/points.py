@@ -38,12 +38,19 @@ class PointCloudEstimator(PointDisplacementEstimator):
 
     ``feature_net`` maps ``(B, N, 3)`` mm to ``(B, N, C)``; ``optimiser`` turns clouds and features into
     displacements. Both are differentiable, so the estimator trains end to end on displacement labels.
+    ``align_centroids``: translate the moving cloud so that its centroid meets the fixed cloud's before
+    the candidates are chosen, and add that translation to the result (the paper pre-aligns the scans
+    by their lung masks; a keypoint cloud's centroid is the analogue here). It moves the candidate
+    set (the capture range of the L nearest moving points) onto the bulk motion; the graph CNN
+    features are translation-invariant and do not change.
     """
 
-    def __init__(self, feature_net: nn.Module | None = None, optimiser: SparseLBP | None = None) -> None:
+    def __init__(self, feature_net: nn.Module | None = None, optimiser: SparseLBP | None = None,
+                 align_centroids: bool = False) -> None:
         super().__init__()
         self.feature_net = feature_net if feature_net is not None else GraphFeatureNet()
         self.optimiser = optimiser if optimiser is not None else SparseLBP()
+        self.align_centroids = align_centroids
 
     def forward(self, fixed_points: Tensor, moving_points: Tensor) -> Tensor:
         """``fixed_points (B, N, 3)``, ``moving_points (B, M, 3)`` mm -> displacements ``(B, N, 3)`` mm."""
@@ -54,6 +61,8 @@ class PointCloudEstimator(PointDisplacementEstimator):
         if fixed_points.shape[0] != moving_points.shape[0]:
             raise RegframeInputError(f"PointCloudEstimator: batch sizes differ: fixed_points {fixed_points.shape[0]}, "
                                      f"moving_points {moving_points.shape[0]}")
+        shift = (moving_points.mean(dim=1, keepdim=True) - fixed_points.mean(dim=1, keepdim=True)
+                 if self.align_centroids else moving_points.new_zeros(1, 1, 3))
         fixed_features = self.feature_net(fixed_points)
         moving_features = self.feature_net(moving_points)
-        return self.optimiser(fixed_points, moving_points, fixed_features, moving_features)
+        return shift + self.optimiser(fixed_points, moving_points - shift, fixed_features, moving_features)

@@ -65,12 +65,13 @@ def augmented_labels(labels: Tensor, fixed_points: Tensor, fixed_affine: Tensor,
 
 @torch.no_grad()
 def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, fixed_count: int, moving_count: int,
-                           generator: torch.Generator, device: torch.device | str) -> Tensor:
+                           disjoint: bool, generator: torch.Generator, device: torch.device | str) -> Tensor:
     """``estimator``'s displacement ``(R, 3)`` mm of every fixed keypoint row of ``pair`` (its mm frame).
 
     The rows are split at random into ``ceil(R / fixed_count)`` fixed clouds of about equal size (the
     density the network sees in training); each is registered to ``moving_count`` moving keypoints
-    drawn from the other rows, so no fixed point has its own correspondent in the moving cloud.
+    drawn at random from all rows, or with ``disjoint`` from the other rows only (the training clouds'
+    sampling, :class:`regframe.point_clouds.CloudSampling`).
     """
     rows = len(pair.fixed_keypoints)
     fixed_mm = voxel_to_mm(pair.fixed_keypoints, pair.spacing)
@@ -79,7 +80,8 @@ def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, fixed_count: i
     order = torch.randperm(rows, generator=generator)
     for chunk in torch.tensor_split(order, math.ceil(rows / fixed_count)):
         others = torch.ones(rows, dtype=torch.bool)
-        others[chunk] = False
+        if disjoint:
+            others[chunk] = False
         candidates = others.nonzero().squeeze(1)
         moving_rows = candidates[torch.randperm(len(candidates), generator=generator)[:moving_count]]
         labels[chunk] = estimator(fixed_mm[chunk][None].to(device), moving_mm[moving_rows][None].to(device))[0].float().cpu()
@@ -152,7 +154,7 @@ class PointCyclicalSelfTraining(SelfTrainingLoop, PointRegistrationModule):
             for index, pair in enumerate(datamodule.train_pairs):
                 generator = torch.Generator().manual_seed(stage * 1_000_003 + index)
                 labels = keypoint_pseudo_labels(estimator, pair, sampling.fixed_count, sampling.moving_count,
-                                                generator, self.device)
+                                                sampling.disjoint, generator, self.device)
                 stored = labels.new_full(self.store.shape, math.nan)
                 stored[:len(labels)] = labels
                 writer.write([index], stored[None])

@@ -5,7 +5,9 @@ It owns one :class:`~regframe.estimators.points.PointDisplacementEstimator` and 
 test on the batches of :class:`data_modules.points.PointCloudDataModule`: ``{prefix}/tre_mm``, the
 mean TRE at the landmarks (displacements interpolated there, :mod:`regframe.point_metrics`),
 ``{prefix}/initial_tre_mm`` (the same before registration), and
-``{prefix}/tre_keypoints_mm`` at the fixed points when ``fixed_points_in_moving`` is present. It
+``{prefix}/tre_keypoints_mm`` at the fixed points when ``fixed_points_in_moving`` is present, and at
+test ``test/sdlogj`` and ``test/fold_pct`` of the dense field (:func:`regframe.point_fields.dense_field`)
+over the bounding box of the fixed mask. It
 builds the optimiser and its scheduler (stepped once per epoch: point epochs are a few steps) and
 stops on a non-finite loss. Subclasses implement ``training_step``.
 """
@@ -23,7 +25,20 @@ from torch import Tensor
 from regframe.errors import RegframeInputError
 from regframe.estimators.points import PointCloudEstimator, PointDisplacementEstimator
 from regframe.methods.base import optimizer_and_scheduler, save_config_hyperparameters, stop_on_nonfinite_loss
+from regframe.metrics import jacobian_metrics
+from regframe.point_fields import dense_field
 from regframe.point_metrics import keypoint_tre, landmark_tre
+
+
+def mask_box(mask: Tensor, margin: int = 2) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask (*S)`` grown by ``margin`` voxels (the whole grid if empty)."""
+    if not mask.any():
+        return tuple(slice(None) for _ in mask.shape)
+    box = []
+    for axis in range(mask.dim()):
+        present = mask.any(dim=tuple(a for a in range(mask.dim()) if a != axis)).nonzero()
+        box.append(slice(max(int(present.min()) - margin, 0), int(present.max()) + margin + 1))
+    return tuple(box)
 
 
 class PointRegistrationModule(pl.LightningModule):
@@ -70,6 +85,12 @@ class PointRegistrationModule(pl.LightningModule):
             if "fixed_points_in_moving" in batch:
                 item[f"{prefix}/tre_keypoints_mm"] = keypoint_tre(fixed_points[i], displacements[i],
                                                                   batch["fixed_points_in_moving"][i]).mean().item()
+            if prefix == "test" and "fixed_mask" in batch:
+                mask = batch["fixed_mask"][i][0].bool()
+                field = dense_field(fixed_points[i:i + 1], displacements[i:i + 1], mask.shape,
+                                    batch["spacing"][i].tolist(), self.spline_smooth_weight)
+                smoothness = jacobian_metrics(field[(0, slice(None), *mask_box(mask))])
+                item[f"{prefix}/sdlogj"], item[f"{prefix}/fold_pct"] = smoothness["sdlogj"], smoothness["fold_pct"]
             self.log_dict(item, on_epoch=True, on_step=False, batch_size=1, sync_dist=True)
             scores = item
         return scores

@@ -71,7 +71,7 @@ def point_cst(tmp_path: Path, stages: int = 1, **kwargs) -> PointCyclicalSelfTra
 
 def point_data(root: Path) -> PointCloudDataModule:
     data = PointCloudDataModule(str(root), test_pair="0003", fixed_count=100, moving_count=150, batch_size=2,
-                                sigma_fixed=0.02, sigma_moving_extra=0.01)
+                                sigma_fixed=0.02, sigma_moving_extra=0.01, disjoint=True)
     data.setup("fit")
     return data
 

@@ -11,11 +11,13 @@ import torch
 from regframe.errors import RegframeInputError
 from regframe.estimators.points import IdentityPointEstimator, PointCloudEstimator
 from regframe.features.graph_cnn import GraphFeatureNet
+from regframe.methods.points_base import mask_box
 from regframe.methods.points_metric_supervised import PointMetricSupervised
 from regframe.methods.points_synthetic import PointSyntheticSupervised
 from regframe.objectives.point_losses import chamfer_distance, local_laplacian
 from regframe.optim.sparse_lbp import SparseLBP
-from regframe.point_deformations import DeformationSampler, RBFDeformation, random_rotations, synthetic_pair
+from regframe.point_deformations import (DeformationSampler, RBFDeformation, RigidDeformation, random_rotations,
+                                         synthetic_pair)
 from regframe.point_metrics import keypoint_tre, landmark_tre
 
 
@@ -89,6 +91,18 @@ def test_rigid_pair_maps_fixed_points_onto_the_transformed_cloud():
         assert torch.cdist(fixed[item], back[item]).min() > 1e-3  # disjoint rows: no shared point
 
 
+def test_independent_subsets_pair_keeps_every_row_in_the_moving_cloud():
+    generator = torch.Generator().manual_seed(3)
+    source = torch.rand(1, 30, 3, generator=generator) * 100
+    translation = torch.tensor([[4.0, -2.0, 1.0]])
+    deformation = RigidDeformation(torch.eye(3)[None], source.mean(dim=1), translation)
+    fixed, moving, displacement = synthetic_pair(source, 10, deformation, generator, disjoint=False)
+    assert moving.shape == (1, 30, 3) and torch.allclose(displacement, translation.expand(1, 10, 3))
+    back = moving - translation
+    assert (fixed[0, :, None] - back[0, None]).norm(dim=-1).min(dim=1).values.max() < 1e-4  # every fixed point's partner is there
+    assert torch.allclose(back[0][torch.argsort(back[0, :, 0])], source[0][torch.argsort(source[0, :, 0])], atol=1e-4)
+
+
 def test_field_pair_displacement_is_the_sum_of_the_rbfs_at_the_points():
     generator = torch.Generator().manual_seed(2)
     source = torch.rand(1, 40, 3, generator=generator) * 100
@@ -160,3 +174,32 @@ def test_synthetic_training_reduces_the_end_point_error():
         optimiser.step()
     after = epe()
     assert math.isfinite(after) and after < 0.9 * before, (before, after)
+
+
+def test_mask_box_is_the_bounding_box_grown_by_the_margin():
+    mask = torch.zeros(10, 12, 14, dtype=torch.bool)
+    mask[3:5, 4:9, 0:2] = True
+    assert mask_box(mask, margin=2) == (slice(1, 7), slice(2, 11), slice(0, 4))
+    assert mask_box(torch.zeros(4, 4, 4, dtype=torch.bool)) == (slice(None),) * 3
+
+
+def test_test_step_of_a_translation_scores_its_tre_and_a_smooth_field():
+    """A constant displacement has a constant Jacobian (SDlogJ 0, no folding); the TRE of a known
+    translation is its error against the true shift."""
+    points = grid_cloud(spacing=6.0, size=4) + 3.0
+    shift = torch.tensor([2.0, -1.0, 0.5])
+    mask = torch.zeros(1, 1, 24, 24, 24, dtype=torch.bool)
+    mask[..., 2:20, 2:20, 2:20] = True
+    landmarks = points[:, :5] + 1.0
+    batch = {"fixed_points": points, "moving_points": points + shift, "fixed_landmarks": landmarks,
+             "moving_landmarks": landmarks + shift + torch.tensor([3.0, 0.0, 0.0]), "fixed_mask": mask,
+             "spacing": torch.tensor([[1.0, 1.0, 1.0]])}
+
+    class Translation(IdentityPointEstimator):
+        def forward(self, fixed_points, moving_points):
+            return shift.expand_as(fixed_points)
+
+    scores = PointSyntheticSupervised(estimator=Translation()).test_step(batch, 0)
+    assert scores["test/tre_mm"] == pytest.approx(3.0, abs=1e-4)
+    assert scores["test/initial_tre_mm"] == pytest.approx(math.sqrt(5.0 ** 2 + 1 + 0.25), abs=1e-4)
+    assert scores["test/sdlogj"] == pytest.approx(0.0, abs=1e-6) and scores["test/fold_pct"] == 0.0

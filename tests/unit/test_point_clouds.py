@@ -162,10 +162,11 @@ def test_leave_one_pair_out_split_and_batches(lung_layout):
     test = next(iter(data.test_dataloader()))
     assert test["fixed_points_in_moving"].shape == (1, 10, 3) and test["fixed_mask"].shape == (1, 1, *SHAPE)
     assert torch.equal(test["fixed_affine"][0], torch.eye(4))  # no augmentation when evaluating
-    # counts scaled to the smallest pair (30 rows, disjoint): 1000:2000 -> 10:20
-    small = PointCloudDataModule(str(lung_layout), test_pair="0001_0001")
-    small.setup()
-    assert (small.train_sampling.fixed_count, small.train_sampling.moving_count) == (10, 20)
+    # counts scaled to the smallest pair (30 rows): 1000:2000 -> 15:30 (independent), 10:20 (disjoint)
+    for disjoint, sizes in ((False, (15, 30)), (True, (10, 20))):
+        small = PointCloudDataModule(str(lung_layout), test_pair="0001_0001", disjoint=disjoint)
+        small.setup()
+        assert (small.train_sampling.fixed_count, small.train_sampling.moving_count) == sizes
 
 
 def test_bad_input_gives_one_line_naming_the_file(lung_layout, tmp_path):
@@ -209,9 +210,9 @@ def test_real_lung_pairs(shared_data):
     pair = data.test_pairs[0]
     assert pair.grid_shape == (192, 192, 208) and torch.allclose(pair.spacing, torch.tensor(SPACING))
     assert len(pair.fixed_keypoints) == 1566 and len(pair.fixed_landmarks) == 100
-    assert (data.train_sampling.fixed_count, data.train_sampling.moving_count) == (440, 881)  # 1322 rows in 0001
+    assert (data.train_sampling.fixed_count, data.train_sampling.moving_count) == (661, 1322)  # 1322 rows in 0001
     batch = next(iter(data.train_dataloader()))
-    assert batch["fixed_points"].shape == (2, 440, 3) and batch["moving_points"].shape == (2, 881, 3)
+    assert batch["fixed_points"].shape == (2, 661, 3) and batch["moving_points"].shape == (2, 1322, 3)
     test = next(iter(data.test_dataloader()))
     truth = voxel_to_mm(pair.moving_keypoints[test["fixed_point_index"][0]], pair.spacing)
     assert torch.allclose(test["fixed_points_in_moving"][0], truth)

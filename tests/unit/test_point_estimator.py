@@ -39,6 +39,20 @@ def test_estimator_with_random_features_recovers_a_translation():
     assert error.max() < 1.0  # distractors change the features of the nearby moving points a little
 
 
+def test_centroid_alignment_brings_a_large_translation_into_the_candidate_range():
+    fixed, _ = shuffled_translation(num_points=300, num_distractors=0)
+    far = torch.tensor([25.0, -20.0, 15.0])  # mm: far beyond the 16 nearest moving points (~6 mm apart)
+    moving = (fixed + far)[:, torch.randperm(300, generator=torch.Generator().manual_seed(1))]
+    torch.manual_seed(0)
+    network = GraphFeatureNet(k=8)
+    optimiser = SparseLBP(num_candidates=16, k=6, smooth_weight=0.05, temperature=0.05, iterations=5)
+    with torch.no_grad():
+        aligned = PointCloudEstimator(network, optimiser, align_centroids=True)(fixed, moving)
+        plain = PointCloudEstimator(network, optimiser)(fixed, moving)
+    assert (aligned - far).norm(dim=-1).median() < 0.01
+    assert (plain - far).norm(dim=-1).median() > 5.0
+
+
 def test_estimator_is_differentiable_in_the_feature_network():
     fixed, moving = shuffled_translation(num_points=60, num_distractors=0)
     torch.manual_seed(0)
