@@ -194,12 +194,15 @@ def random_point_affines(extent: Tensor, sigma_fixed: float, sigma_moving_extra:
 
 @dataclass(frozen=True)
 class CloudSampling:
-    """How one item is drawn: cloud sizes, disjoint subsets, and augmentation (``None``: none)."""
+    """How one item is drawn: cloud sizes, disjoint subsets, augmentation (``None``: none), and
+    ``moving_jitter_mm``: the standard deviation (mm, per axis) of Gaussian noise added to the moving
+    cloud, standing in for the localisation error of keypoints detected separately on each scan."""
 
     fixed_count: int
     moving_count: int
     disjoint: bool = True
     augmentation: tuple[float, float] | None = None  # (sigma_fixed, sigma_moving_extra)
+    moving_jitter_mm: float = 0.0
 
 
 def point_pair_item(pair: PointPair, index: int, sampling: CloudSampling, seed: int, evaluation: bool) -> dict:
@@ -223,12 +226,15 @@ def point_pair_item(pair: PointPair, index: int, sampling: CloudSampling, seed: 
     def fixed_side(points: Tensor) -> Tensor:
         return apply_affine(fixed_affine, voxel_to_mm(points.double(), pair.spacing)).float()
 
-    def moving_side(points: Tensor) -> Tensor:
-        return apply_affine(moving_affine, voxel_to_mm(points.double(), pair.spacing)).float()
+    def moving_side(points: Tensor, jitter_mm: float = 0.0) -> Tensor:
+        mm = voxel_to_mm(points.double(), pair.spacing)
+        if jitter_mm:
+            mm = mm + jitter_mm * torch.randn(mm.shape, generator=generator, dtype=mm.dtype)
+        return apply_affine(moving_affine, mm).float()
 
     item = {
         "fixed_points": fixed_side(pair.fixed_keypoints[fixed_rows]),
-        "moving_points": moving_side(pair.moving_keypoints[moving_rows]),
+        "moving_points": moving_side(pair.moving_keypoints[moving_rows], sampling.moving_jitter_mm),
         "fixed_point_index": fixed_rows,
         "fixed_landmarks": fixed_side(pair.fixed_landmarks),
         "moving_landmarks": moving_side(pair.moving_landmarks),

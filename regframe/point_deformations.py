@@ -102,12 +102,14 @@ class DeformationSampler:
 
 
 def synthetic_pair(source: Tensor, fixed_count: int, deformation: RigidDeformation | RBFDeformation,
-                   generator: torch.Generator | None = None, disjoint: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                   generator: torch.Generator | None = None, disjoint: bool = True,
+                   moving_jitter_mm: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Fixed cloud ``(B, fixed_count, 3)``, moving cloud and the displacement ``(B, fixed_count, 3)`` at
     the fixed points (all mm) from ``source (B, M, 3)`` mm, the moving rows mapped by ``deformation``.
     ``disjoint``: per item a random split of the rows (moving: the other ``M − fixed_count``); else
     the fixed cloud is a random subset and the moving cloud all ``M`` rows, shuffled (as
-    :func:`regframe.point_clouds.draw_clouds` with independent subsets)."""
+    :func:`regframe.point_clouds.draw_clouds` with independent subsets); ``moving_jitter_mm``: Gaussian
+    noise (mm per axis) added to the moving cloud after the deformation."""
     batch, count = source.shape[:2]
     if not 0 < fixed_count < count:
         raise RegframeInputError(f"synthetic pair: fixed_count must be between 1 and {count - 1} "
@@ -119,4 +121,6 @@ def synthetic_pair(source: Tensor, fixed_count: int, deformation: RigidDeformati
         reorder = torch.stack([torch.randperm(count, generator=generator) for _ in range(batch)]).to(source.device)
         moving_source = torch.gather(shuffled, 1, reorder.unsqueeze(-1).expand(-1, -1, 3))
     moving = moving_source + deformation.displacement(moving_source)
+    if moving_jitter_mm:
+        moving = moving + moving_jitter_mm * torch.randn(moving.shape, generator=generator).to(moving)
     return fixed, moving, deformation.displacement(fixed)

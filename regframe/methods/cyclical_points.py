@@ -36,7 +36,7 @@ from regframe.estimators.points import PointDisplacementEstimator
 from regframe.estimators.protocols import trained_network
 from regframe.methods.cyclical import SelfTrainingLoop
 from regframe.methods.points_base import PointRegistrationModule
-from regframe.point_clouds import PointPair, voxel_to_mm
+from regframe.point_clouds import CloudSampling, PointPair, voxel_to_mm
 from regframe.points import apply_affine
 from regframe.stages import StageLRSchedulerCallable
 
@@ -64,15 +64,17 @@ def augmented_labels(labels: Tensor, fixed_points: Tensor, fixed_affine: Tensor,
 
 
 @torch.no_grad()
-def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, fixed_count: int, moving_count: int,
-                           disjoint: bool, generator: torch.Generator, device: torch.device | str) -> Tensor:
+def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, sampling: CloudSampling,
+                           generator: torch.Generator, device: torch.device | str) -> Tensor:
     """``estimator``'s displacement ``(R, 3)`` mm of every fixed keypoint row of ``pair`` (its mm frame).
 
     The rows are split at random into ``ceil(R / fixed_count)`` fixed clouds of about equal size (the
     density the network sees in training); each is registered to ``moving_count`` moving keypoints
-    drawn at random from all rows, or with ``disjoint`` from the other rows only (the training clouds'
-    sampling, :class:`regframe.point_clouds.CloudSampling`).
+    drawn at random from all rows, or with ``disjoint`` from the other rows only, with the moving
+    jitter of ``sampling`` (the training clouds' :class:`regframe.point_clouds.CloudSampling`, without
+    augmentation).
     """
+    fixed_count, moving_count = sampling.fixed_count, sampling.moving_count
     rows = len(pair.fixed_keypoints)
     fixed_mm = voxel_to_mm(pair.fixed_keypoints, pair.spacing)
     moving_mm = voxel_to_mm(pair.moving_keypoints, pair.spacing)
@@ -80,11 +82,14 @@ def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, fixed_count: i
     order = torch.randperm(rows, generator=generator)
     for chunk in torch.tensor_split(order, math.ceil(rows / fixed_count)):
         others = torch.ones(rows, dtype=torch.bool)
-        if disjoint:
+        if sampling.disjoint:
             others[chunk] = False
         candidates = others.nonzero().squeeze(1)
         moving_rows = candidates[torch.randperm(len(candidates), generator=generator)[:moving_count]]
-        labels[chunk] = estimator(fixed_mm[chunk][None].to(device), moving_mm[moving_rows][None].to(device))[0].float().cpu()
+        moving = moving_mm[moving_rows]
+        if sampling.moving_jitter_mm:
+            moving = moving + sampling.moving_jitter_mm * torch.randn(moving.shape, generator=generator)
+        labels[chunk] = estimator(fixed_mm[chunk][None].to(device), moving[None].to(device))[0].float().cpu()
     return labels
 
 
@@ -153,8 +158,7 @@ class PointCyclicalSelfTraining(SelfTrainingLoop, PointRegistrationModule):
         try:
             for index, pair in enumerate(datamodule.train_pairs):
                 generator = torch.Generator().manual_seed(stage * 1_000_003 + index)
-                labels = keypoint_pseudo_labels(estimator, pair, sampling.fixed_count, sampling.moving_count,
-                                                sampling.disjoint, generator, self.device)
+                labels = keypoint_pseudo_labels(estimator, pair, sampling, generator, self.device)
                 stored = labels.new_full(self.store.shape, math.nan)
                 stored[:len(labels)] = labels
                 writer.write([index], stored[None])

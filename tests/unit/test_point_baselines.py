@@ -101,6 +101,10 @@ def test_independent_subsets_pair_keeps_every_row_in_the_moving_cloud():
     back = moving - translation
     assert (fixed[0, :, None] - back[0, None]).norm(dim=-1).min(dim=1).values.max() < 1e-4  # every fixed point's partner is there
     assert torch.allclose(back[0][torch.argsort(back[0, :, 0])], source[0][torch.argsort(source[0, :, 0])], atol=1e-4)
+    fixed, jittered, target = synthetic_pair(source, 10, deformation, generator, disjoint=False, moving_jitter_mm=1.0)
+    assert torch.allclose(target, translation.expand(1, 10, 3))  # the target is the true displacement, not the noise
+    nearest = (fixed[0, :, None] - (jittered - translation)[0, None]).norm(dim=-1).min(dim=1).values
+    assert nearest.min() > 1e-3 and nearest.mean() < 3.0  # partners present, about 1.6 mm off
 
 
 def test_field_pair_displacement_is_the_sum_of_the_rbfs_at_the_points():

@@ -103,6 +103,17 @@ def test_matching_rows_by_index_does_not_give_the_correspondence(lung_layout):
         assert torch.allclose(truth - item["fixed_points"], shift_mm, atol=1e-5)
 
 
+def test_moving_jitter_moves_only_the_moving_cloud_by_its_standard_deviation(lung_layout):
+    pair = load_point_pair(find_point_pairs(lung_layout)[2])
+    rows = len(pair.fixed_keypoints)
+    exact = point_pair_item(pair, 0, CloudSampling(rows, rows, False), seed=3, evaluation=True)
+    noisy = point_pair_item(pair, 0, CloudSampling(rows, rows, False, moving_jitter_mm=2.0), seed=3, evaluation=True)
+    for key in ("fixed_points", "fixed_points_in_moving", "moving_landmarks"):
+        assert torch.equal(exact[key], noisy[key])  # the truth is not jittered
+    noise = noisy["moving_points"] - exact["moving_points"]  # same rows, same order (same seed)
+    assert noise.abs().max() > 0 and abs(float(noise.std()) - 2.0) < 0.5
+
+
 def test_normalised_affine_in_mm_known_answer():
     extent = torch.tensor([10.0, 20.0, 40.0])  # mm from voxel 0 to the last voxel; centre (5, 10, 20)
     shift = torch.eye(3, 4, dtype=torch.float64)
