@@ -66,16 +66,18 @@ def make_trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
                       callbacks=list(callbacks), enable_checkpointing=False)
 
 
-def test_screening_keeps_only_confident_classes():
-    probs = torch.zeros(1, 3, 4)
-    probs[0, 0] = torch.tensor([0.9, 0.2, 0.2, 0.5])
-    probs[0, 1] = torch.tensor([0.05, 0.8, 0.3, 0.2])   # max 0.8 > τ: kept
-    probs[0, 2] = torch.tensor([0.05, 0.0, 0.5, 0.3])   # max 0.5 ≤ τ: dropped
-    onehot, kept = screen_pseudo_labels(probs, tau=0.6)
-    assert kept.tolist() == [[True, True, False]]
-    assert onehot[0].argmax(0)[:2].tolist() == [0, 1]
-    assert onehot[0, :, 2].sum() == 0  # arg max is the dropped class 2: voxel has no target
-    assert onehot[0, 2].sum() == 0 and onehot.sum() == 3
+def test_screening_drops_exactly_the_voxels_below_tau():
+    # a low-confidence teacher: largest class probability per voxel 0.9, 0.55, 0.4, 0.61, 0.6 (τ = 0.6)
+    probs = torch.tensor([[[0.9, 0.45, 0.4, 0.39, 0.6],
+                           [0.05, 0.55, 0.35, 0.61, 0.3],
+                           [0.05, 0.0, 0.25, 0.0, 0.1]]])
+    onehot, valid = screen_pseudo_labels(probs, tau=0.6)
+    assert valid.tolist() == [[[1.0, 0.0, 0.0, 1.0, 0.0]]]       # 0.6 is not above τ
+    assert onehot[0].tolist() == [[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0], [0.0] * 5]
+    # the arg-max classes 0 and 1 each exceed τ somewhere: a per-class screen would have kept all five voxels
+    assert (probs.amax(dim=2) > 0.6).tolist() == [[True, True, False]]
+    _, all_kept = screen_pseudo_labels(probs, tau=0.3)
+    assert all_kept.sum() == 5
 
 
 def test_weighted_cross_entropy_ignores_voxels_without_target_and_weights_classes():
@@ -101,10 +103,16 @@ def test_class_weights_follow_inverse_sqrt_frequency_or_are_uniform():
         assert torch.equal(module.class_weights, expected)
 
 
-def test_symmetric_kl_zero_for_identical_and_positive_otherwise():
-    p = torch.softmax(torch.randn(2, 3, 5, 5), dim=1)
+def test_symmetric_kl_is_the_papers_eq5():
+    # two classes, two voxels; voxel 1: p = (1/2, 1/2), q = (1/4, 3/4); voxel 2: p = q.
+    # Eq. 5 per voxel: (1/C) Σ_c [p_c log(p_c/q_c) + q_c log(q_c/p_c)]
+    #   = ½ [(½ − ¼) log 2 + (½ − ¾) log(2/3)] = ½ · ¼ · (log 2 + log 3/2) = log(3) / 8; mean over voxels: log(3)/16
+    p = torch.tensor([[[0.5, 0.3], [0.5, 0.7]]])
+    q = torch.tensor([[[0.25, 0.3], [0.75, 0.7]]])
+    expected = torch.log(torch.tensor(3.0)) / 16
+    assert torch.allclose(symmetric_kl(p, q), expected)
+    assert torch.allclose(symmetric_kl(q, p), expected)
     assert symmetric_kl(p, p).abs() < 1e-7
-    assert symmetric_kl(p, torch.softmax(torch.randn(2, 3, 5, 5), dim=1)) > 0
 
 
 def test_student_loss_known_answer_and_dice_through_registration_pairs():
@@ -124,7 +132,7 @@ def test_student_loss_known_answer_and_dice_through_registration_pairs():
     right = torch.sigmoid(torch.tensor(6.0))              # probability of the right class in image 1
     assert torch.allclose(terms.ce_pseudo, -right.log())
     student = logits[1].softmax(0)
-    expected_kl = 0.5 * ((teacher[1] - student) * (teacher[1].log() - student.log())).mean()
+    expected_kl = ((teacher[1] - student) * (teacher[1].log() - student.log())).mean()   # Eq. 5
     assert torch.allclose(terms.sym_kl, expected_kl)
     # the fixed label is compared with the warped moving image's prediction (foreground probabilities
     # [1-r, 1-r, r, r]), not with the fixed image's own uniform prediction (Dice loss ≈ 1/2); MONAI smoothing 1e-5
@@ -142,17 +150,39 @@ def test_registration_loss_known_answer_and_warmup():
     moving_fg = torch.zeros(4, 4, 4)
     moving_fg[1:3] = 1.0                                  # 32 voxels, 16 shared: Dice 1/2
     onehot = lambda fg: torch.stack([1 - fg, fg])[None].repeat(2, 1, 1, 1, 1)
-    kept = torch.tensor([[True, True], [True, False]])    # second pair: no foreground class in common
+    everywhere = torch.ones(2, 1, 4, 4, 4)
+    fixed_valid = everywhere.clone()
+    fixed_valid[1] = 0.0                                  # second pair: the fixed image has no target
     objective = LabelSupervisedRegistrationLoss(smooth_weight=0.025, smooth_weight_warmup=0.1, warmup_steps=3,
                                                 dice_weight=0.2)
-    terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=0)
+    terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, everywhere, step=0)
     assert torch.allclose(terms.mse, torch.tensor(0.25)) and terms.diffusion == 0
     assert torch.allclose(terms.dice, torch.tensor(0.5), atol=1e-4)
     assert torch.allclose(terms.loss, 0.25 + 0.2 * terms.dice * 0.5)   # only half of the pairs usable
     assert [objective.smooth_weight_at(step) for step in (0, 2, 3)] == [0.1, 0.1, 0.025]
-    assert objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=5).smooth_weight == 0.025
-    unlabelled = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept & False, step=0)
+    assert objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, everywhere,
+                     step=5).smooth_weight == 0.025
+    unlabelled = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), 0 * everywhere, everywhere, step=0)
     assert torch.allclose(unlabelled.loss, torch.tensor(0.25)) and unlabelled.dice == 0
+
+
+def test_registration_dice_ignores_screened_voxels():
+    # the labels disagree only on slice 0 (fixed: foreground, moving: background); screened in either image,
+    # that slice drops out and the remaining foreground (slice 1) matches: Dice loss 0
+    fixed, moving, disp = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4)
+    fixed_fg, moving_fg = torch.zeros(4, 4, 4), torch.zeros(4, 4, 4)
+    fixed_fg[:2] = 1.0
+    moving_fg[1] = 1.0
+    onehot = lambda fg: torch.stack([1 - fg, fg])[None]
+    screened = torch.ones(1, 1, 4, 4, 4)
+    screened[:, :, 0] = 0.0
+    objective = LabelSupervisedRegistrationLoss(dice_weight=1.0)
+    everywhere = torch.ones_like(screened)
+    full = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), everywhere, everywhere, step=0)
+    assert torch.allclose(full.dice, torch.tensor(1 - 2 * 16 / 48), atol=1e-4)
+    for fixed_valid, moving_valid in ((screened, everywhere), (everywhere, screened)):
+        terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, moving_valid, step=0)
+        assert terms.dice.abs() < 1e-4
 
 
 def test_batchnorm_recalibration_matches_the_data_without_dropout():
@@ -177,12 +207,17 @@ def test_stage_schedule():
                          seg_epochs_per_round=1)
     stages = [module.schedule.stage_at(e).name for e in range(module.schedule.total_epochs)]
     assert module.schedule.total_epochs == 15
-    assert stages[:4] == ["seg_pretrain", "seg_pretrain", "reg_pretrain", "student"]
-    assert stages[4:9] == ["reg_joint"] * 5 and stages[9] == "student" and stages[10:] == ["reg_joint"] * 5
-    assert module.schedule.stage_at(40).name == "reg_joint"          # after the schedule the last stage repeats
+    # each round: registration first, then the student (the paper's order)
+    assert stages == (["seg_pretrain"] * 2 + ["reg_pretrain"] + (["reg_joint"] * 5 + ["student"]) * 2)
+    assert module.schedule.stage_at(40).name == "student"            # after the schedule the last stage repeats
     assert module.joint_start_epoch == 3
     no_pretraining = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)   # stages of 0 epochs left out
-    assert [s.name for s in no_pretraining.schedule.stages] == ["student", "reg_joint"]
+    assert [s.name for s in no_pretraining.schedule.stages] == ["reg_joint", "student"]
+    frozen = make_module(mode="frozen_pseudo_reg", seg_pretrain_epochs=2, reg_pretrain_epochs=1, rounds=2,
+                         reg_epochs_per_round=5)      # JRSS's stages without the student: same registration steps
+    assert [(s.name, s.stop - s.start) for s in frozen.schedule.stages] == [
+        ("seg_pretrain", 2), ("reg_pretrain", 1), ("reg_joint", 10)]
+    assert frozen.joint_start_epoch is None
     assert make_module(mode="mono_seg").schedule.stage_at(7).name == "seg_pretrain"
     assert make_module(mode="mono_reg").schedule.stage_at(7).name == "reg_pretrain"
     assert make_module(mode="mono_seg").joint_start_epoch is None
@@ -208,6 +243,7 @@ def test_labelled_subjects_follow_the_seed():
         module.setup("fit")
         ids.append(module.hparams["labelled_ids"])
     assert ids[0] == ids[1] and len(ids[0]) == 2
+    assert ids[2] != ids[0] and len(ids[2]) == 2 and set(ids[2]) <= {f"s{i}" for i in range(6)}
 
 
 def test_joint_run_keeps_the_teacher_out_of_the_student_weights(tmp_path):
