@@ -19,6 +19,7 @@ from regframe.objectives.screening import screen_pseudo_labels
 from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights, weighted_cross_entropy
 from regframe.segmenters import NetworkSegmenter
 from regframe.segmenters.dropout import recalibrate_batchnorm
+from regframe.spatial import warp
 from regframe.stages import EMAStudent, TeacherUser
 
 SHAPE = (12, 12, 12)
@@ -294,3 +295,177 @@ def test_teacher_as_final_segmenter_with_recalibrated_statistics(tmp_path):
         assert torch.equal(module.segmenter.state_dict()[name], value)
     assert not torch.equal(ema.teacher.state_dict()["network.enc2.0.1.running_var"],
                            start["network.enc2.0.1.running_var"])   # re-estimated after the student epoch
+
+
+class StageChanges(pl.Callback):
+    """Which of segmenter / estimator parameters / buffers each training epoch changed (BatchNorm
+    recalibration at the end of a student epoch included: snapshots at epoch starts and at the end)."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, dict[str, bool]]] = []
+        self._before: tuple[str, dict] | None = None
+
+    @staticmethod
+    def _state(module: JointSegRegSelfTraining) -> dict:
+        return {f"{net}_{kind}": {n: t.detach().clone() for n, t in getattr(getattr(module, net), f"named_{kind}")()}
+                for net in ("segmenter", "estimator") for kind in ("parameters", "buffers")}
+
+    def _close(self, module: JointSegRegSelfTraining) -> None:
+        if self._before is not None:
+            stage, before = self._before
+            now = self._state(module)
+            self.changes.append((stage, {part: any(not torch.equal(v, now[part][n]) for n, v in values.items())
+                                         for part, values in before.items()}))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+        self._before = (pl_module.stage, self._state(pl_module))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+
+
+def quiet_trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
+    """Training only (no validation), two steps per epoch."""
+    return pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      num_sanity_val_steps=0, callbacks=list(callbacks), enable_checkpointing=False)
+
+
+def only(*trained: str) -> dict[str, bool]:
+    return {f"{net}_{kind}": net in trained for net in ("segmenter", "estimator") for kind in ("parameters", "buffers")}
+
+
+def test_each_stage_changes_only_its_own_network(tmp_path):
+    """Parameters and BatchNorm buffers: the segmenter changes only in seg_pretrain and student epochs,
+    the estimator only in registration epochs (before the fix the estimator's 33 BatchNorm buffers moved in
+    student epochs). Checked after a checkpoint round trip too."""
+    module = make_module(final_segmenter="student")
+    changes = StageChanges()
+    trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [EMATeacher(decay=0.99, ramp=False, buffers="keep"),
+                                                                      changes])
+    trainer.fit(module, datamodule=TinyBlobs())
+    assert changes.changes == [("seg_pretrain", only("segmenter")), ("reg_pretrain", only("estimator")),
+                               ("reg_joint", only("estimator")), ("student", only("segmenter"))]
+    path = tmp_path / "jrss.ckpt"
+    trainer.save_checkpoint(path)
+    resumed = make_module(final_segmenter="student", rounds=2)    # one more round after the checkpoint
+    again = StageChanges()
+    quiet_trainer(tmp_path, resumed.schedule.total_epochs,
+                  [EMATeacher(decay=0.99, ramp=False, buffers="keep"), again]).fit(resumed, datamodule=TinyBlobs(),
+                                                                                  ckpt_path=path)
+    assert resumed.reg_steps == 6                                   # 2 pre-training + 2 + 2 joint steps
+    assert again.changes == [("reg_joint", only("estimator")), ("student", only("segmenter"))]
+
+
+def test_frozen_pseudo_reg_trains_registration_on_a_teacher_that_never_changes(tmp_path):
+    module = make_module(mode="frozen_pseudo_reg", rounds=2, tau=0.5)   # τ = ½ keeps almost every voxel (2 classes)
+    changes = StageChanges()
+    trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [changes])
+    trainer.fit(module, datamodule=TinyBlobs())
+    assert module.teacher() is module.segmenter
+    assert changes.changes == [("seg_pretrain", only("segmenter")), ("reg_pretrain", only("estimator")),
+                               ("reg_joint", only("estimator")), ("reg_joint", only("estimator"))]
+    assert module.reg_steps == 2 + 2 * 2                            # as many registration steps as JRSS
+    assert 0.0 < float(trainer.callback_metrics["train/pseudo_kept"]) <= 1.0   # the pseudo labels are used
+
+
+class Shift(torch.nn.Module):
+    """A stand-in estimator: the same displacement of 1.5 voxels along the first axis everywhere."""
+
+    def forward(self, fixed, moving):
+        disp = torch.zeros(fixed.shape[0], 3, *fixed.shape[2:])
+        disp[:, 0] = 1.5
+        return disp
+
+
+class IntensityTeacher(torch.nn.Module):
+    """A deterministic voxel-wise teacher: foreground logit 10·(x − ½) against background 0."""
+
+    def forward(self, images):
+        return torch.cat([torch.zeros_like(images), 10.0 * (images - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("teacher_input", ["clean", "warped"])
+def test_teacher_labels_the_clean_moving_image_and_its_labels_are_warped(teacher_input):
+    module = make_module(teacher_input=teacher_input)
+    module.estimator = Shift()
+    teacher = IntensityTeacher()
+    module.attach_teacher(lambda: teacher)
+    fixed, moving = torch.rand(2, 1, *SHAPE, generator=torch.Generator().manual_seed(0)).split(1)
+    images, probs, disp = module._student_inputs({"fixed": fixed, "moving": moving})
+    moving_warped = warp(moving, disp)
+    assert torch.equal(images, torch.cat([fixed, moving_warped]))     # the student always sees the warped image
+    assert torch.allclose(probs[:1], teacher(fixed).softmax(1))
+    clean = warp(teacher(moving).softmax(1), disp)
+    noisy = teacher(moving_warped).softmax(1)
+    assert not torch.allclose(clean, noisy, atol=1e-3)
+    assert torch.allclose(probs[1:], clean if teacher_input == "clean" else noisy)
+
+
+class RecordSmoothWeight(pl.Callback):
+    """The diffusion weight of every registration step."""
+
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.stage in ("reg_pretrain", "reg_joint"):
+            self.weights.append(float(trainer.callback_metrics["train/smooth_weight"]))
+
+
+def test_smooth_weight_warmup_is_the_same_for_mono_reg_and_jrss(tmp_path):
+    """Warm-up over registration steps only (student steps do not count), never restarted: JRSS (2 pre-training
+    + 2 × 2 joint steps) and Mono-Reg (6 steps) get the same weights, and a run initialised from a
+    checkpoint's estimator goes on with its step count."""
+    warmup = dict(warmup_steps=3, smooth_weight=0.025, smooth_weight_warmup=0.1)
+    expected = [0.1, 0.1, 0.1, 0.025, 0.025, 0.025]
+    jrss, mono_reg = make_module(rounds=2, **warmup), make_module(mode="mono_reg", reg_pretrain_epochs=3, **warmup)
+    for module, callbacks in ((jrss, [EMATeacher(decay=0.99, ramp=False, buffers="keep")]), (mono_reg, [])):
+        record = RecordSmoothWeight()
+        trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [*callbacks, record])
+        trainer.fit(module, datamodule=TinyBlobs())
+        assert record.weights == pytest.approx(expected)
+    mono_reg_short = make_module(mode="mono_reg", reg_pretrain_epochs=1, **warmup)
+    trainer = quiet_trainer(tmp_path, 1)
+    trainer.fit(mono_reg_short, datamodule=TinyBlobs())
+    trainer.save_checkpoint(tmp_path / "mono_reg.ckpt")
+    continued = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0, rounds=2,
+                            estimator_init=str(tmp_path / "mono_reg.ckpt"), **warmup)
+    assert continued.reg_steps == 2
+    record = RecordSmoothWeight()
+    quiet_trainer(tmp_path, continued.schedule.total_epochs,
+                  [EMATeacher(decay=0.99, ramp=False, buffers="keep"), record]).fit(continued, datamodule=TinyBlobs())
+    assert record.weights == pytest.approx(expected[2:])
+
+
+class RecordLosses(pl.Callback):
+    """Every ``train/*`` value logged at every step, with the stage."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, dict[str, float]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.steps.append((pl_module.stage, {k: float(v) for k, v in trainer.callback_metrics.items()
+                                             if k.startswith("train/")}))
+
+
+def test_labels_of_unlabelled_subjects_are_never_read(tmp_path):
+    """Garbage labels on the unlabelled training subjects leave every training loss of every stage unchanged."""
+    runs = []
+    for corrupt in (False, True):
+        data = TinyBlobs()
+        labelled = {"s0", "s3"}
+        for i, subject in enumerate(data.train_subjects):
+            if corrupt and subject["id"] not in labelled:
+                subject["label"] = torch.randint(0, 2, subject["label"].shape, generator=torch.Generator().manual_seed(i))
+        module = make_module(labelled_subjects=sorted(labelled), tau=0.5)   # pseudo labels on almost every voxel
+        record = RecordLosses()
+        pl.seed_everything(0)
+        quiet_trainer(tmp_path, module.schedule.total_epochs,
+                      [EMATeacher(decay=0.99, ramp=False, buffers="keep"), record]).fit(module, datamodule=data)
+        runs.append(record.steps)
+    assert [stage for stage, _ in runs[0]] == ["seg_pretrain"] * 2 + ["reg_pretrain"] * 2 + ["reg_joint"] * 2 + ["student"] * 2
+    assert {"train/ce_pseudo", "train/reg_dice_loss", "train/sym_kl"} <= set(runs[0][-1][1])
+    assert runs[0][-1][1]["train/pseudo_kept"] > 0.5 and runs[0][-1][1]["train/ce_pseudo"] > 0
+    assert runs[0] == runs[1]
