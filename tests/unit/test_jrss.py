@@ -418,7 +418,7 @@ def test_smooth_weight_warmup_is_the_same_for_mono_reg_and_jrss(tmp_path):
     """Warm-up over registration steps only (student steps do not count), never restarted: JRSS (2 pre-training
     + 2 × 2 joint steps) and Mono-Reg (6 steps) get the same weights, and a run initialised from a
     checkpoint's estimator goes on with its step count."""
-    warmup = dict(warmup_steps=3, smooth_weight=0.025, smooth_weight_warmup=0.1)
+    warmup = {"warmup_steps": 3, "smooth_weight": 0.025, "smooth_weight_warmup": 0.1}
     expected = [0.1, 0.1, 0.1, 0.025, 0.025, 0.025]
     jrss, mono_reg = make_module(rounds=2, **warmup), make_module(mode="mono_reg", reg_pretrain_epochs=3, **warmup)
     for module, callbacks in ((jrss, [EMATeacher(decay=0.99, ramp=False, buffers="keep")]), (mono_reg, [])):
