@@ -4,9 +4,14 @@ Protocol (as in the paper: the Mono-Nets are pre-trained and initialise the join
   1. Mono-Seg: segmenter on the N labelled training subjects (soft Dice), ``--seg-epochs``.
   2. Mono-Reg: registration, MSE + smooth_weight·diffusion + dice_weight·Dice on the labelled subjects' true labels
      (regframe.objectives.label_supervised_registration).
-  3. JRSS: ``--rounds`` × (1 student epoch : 5 registration epochs), initialised from 1 and 2.
+  3. JRSS: ``--rounds`` × (5 registration epochs, then 1 student epoch), initialised from 1 and 2.
   4. Equal-budget baselines: 1 and 2 continued (same mode) for as many steps as JRSS gave each network;
      ``mono_seg_equal_ema`` also ends with an EMA of its weights like the JRSS teacher (control).
+  5. ``frozen_pseudo_reg`` (control isolating joint training): 2 continued for JRSS's registration steps
+     with Dice on the screened pseudo labels of the frozen Mono-Seg segmenter (never updated).
+The smooth_weight warm-up counts registration steps across runs (``estimator_init`` brings the step
+count), so Mono-Reg, its continuations and JRSS share one warm-up and none restarts it.
+Screening: a voxel keeps its pseudo label where the teacher's largest class probability exceeds ``--tau``.
 JRSS teacher: the Mono-Seg segmenter, averaged towards the student with decay 0.99 (no ramp), with
 its own BatchNorm statistics re-estimated after every student epoch (``bn_recalibration``); the
 final segmenter is the teacher (``final_segmenter="teacher"``; the student is reported too). These
@@ -19,6 +24,7 @@ Dice of the gland per validation and per test subject, registration Dice of warp
 labels per unordered test pair (120 pairs).
 
     OMP_NUM_THREADS=1 python -m benchmarks.jrss_prostate --seeds 0 --out runs/jrss_prostate
+    OMP_NUM_THREADS=1 python -m benchmarks.jrss_prostate --seeds 0 --out runs/jrss_prostate --teacher-input warped
     python -m benchmarks.jrss_prostate --table-only --out runs/jrss_prostate   # merge seeds, print table
 """
 
@@ -62,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split", type=int, nargs=3, default=[56, 8, 16], help="train / val / test case counts")
     parser.add_argument("--unweighted-ce", action="store_true",
                         help="plain student CE instead of the paper's class-weighted CE (row jrss_unweighted_ce)")
+    parser.add_argument("--tau", type=float, default=0.6, help="pseudo-label screening threshold")
+    parser.add_argument("--teacher-input", choices=["clean", "warped"], default="clean",
+                        help="the teacher labels the unwarped (clean, paper) or the warped moving image "
+                             "(row jrss_warped_teacher)")
     parser.add_argument("--table-only", action="store_true")
     return parser.parse_args()
 
@@ -70,7 +80,7 @@ def build_module(args: argparse.Namespace, seed: int, **kwargs) -> JointSegRegSe
     pl.seed_everything(seed, workers=True)
     options = dict(num_labelled=args.num_labelled, labelled_seed=seed, seg_pretrain_epochs=args.seg_epochs,
                    reg_pretrain_epochs=args.reg_epochs, rounds=args.rounds, warmup_steps=args.warmup_steps,
-                   compute_hd95=False)
+                   tau=args.tau, compute_hd95=False)
     options.update(kwargs)
     return JointSegRegSelfTraining(ObeliskRegressor(spatial_dims=3), NetworkSegmenter(2, spatial_dims=3), **options)
 
@@ -154,16 +164,21 @@ def run_seed(args: argparse.Namespace, seed: int, datamodule: PairedDataModule) 
     out = args.out / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     extra_seg, extra_reg = args.rounds * 1, args.rounds * 5
+    jrss_name = ("jrss" + ("_unweighted_ce" if args.unweighted_ce else "")
+                 + ("_warped_teacher" if args.teacher_input == "warped" else ""))
     runs = [  # name, module options, checkpoint inputs
         ("mono_seg", dict(mode="mono_seg"), {}),
         ("mono_reg", dict(mode="mono_reg"), {}),
-        ("jrss_unweighted_ce" if args.unweighted_ce else "jrss",
+        (jrss_name,
          dict(mode="joint", seg_pretrain_epochs=0, reg_pretrain_epochs=0, student_dropout=0.5,
-              ce_class_weighting=not args.unweighted_ce, bn_recalibration=True, final_segmenter="teacher"),
+              ce_class_weighting=not args.unweighted_ce, bn_recalibration=True, final_segmenter="teacher",
+              teacher_input=args.teacher_input),
+         {"segmenter_init": "mono_seg", "estimator_init": "mono_reg"}),
+        ("frozen_pseudo_reg", dict(mode="frozen_pseudo_reg", seg_pretrain_epochs=0, reg_pretrain_epochs=0),
          {"segmenter_init": "mono_seg", "estimator_init": "mono_reg"}),
         ("mono_seg_equal", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
         ("mono_seg_equal_ema", dict(mode="mono_seg", seg_pretrain_epochs=extra_seg), {"segmenter_init": "mono_seg"}),
-        ("mono_reg_equal", dict(mode="mono_reg", reg_pretrain_epochs=extra_reg, warmup_steps=0),
+        ("mono_reg_equal", dict(mode="mono_reg", reg_pretrain_epochs=extra_reg),
          {"estimator_init": "mono_reg"}),
     ]
     for name, options, inits in runs:
@@ -193,7 +208,7 @@ def table(out: Path) -> str:
     keys = ("seg_dice_val", "seg_dice", "student_seg_dice", "reg_dice", "initial_dice", "sdlogj", "train_seconds")
 
     def untrained(name: str, key: str) -> bool:
-        return ((key.startswith(("seg", "student")) and name.startswith("mono_reg"))
+        return ((key.startswith(("seg", "student")) and name.startswith(("mono_reg", "frozen_pseudo_reg")))
                 or (key in ("reg_dice", "sdlogj") and name.startswith("mono_seg")))
 
     def cell(results: list[dict], key: str) -> str:
@@ -208,7 +223,7 @@ def table(out: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     per_seed = []
     for name in ("mono_seg", "mono_seg_equal", "mono_seg_equal_ema", "mono_reg", "mono_reg_equal",
-                 "jrss_unweighted_ce", "jrss"):
+                 "frozen_pseudo_reg", "jrss_unweighted_ce", "jrss_warped_teacher", "jrss"):
         if name in rows:
             r = rows[name]
             lines.append(f"| {name} | {','.join(str(x['seed']) for x in r)} | "

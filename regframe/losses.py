@@ -43,11 +43,13 @@ def soft_dice(probs: Tensor, target_onehot: Tensor, include_background: bool = F
 
 
 def symmetric_kl(p: Tensor, q: Tensor, eps: float = 1e-8) -> Tensor:
-    """Symmetric KL divergence ``½(KL(p‖q) + KL(q‖p))`` between class probabilities over dim 1,
-    averaged over classes and voxels. Zero when ``p == q``."""
+    """JRSS's uncertainty loss (Shi et al., 2023, Eq. 5) between class probabilities ``p, q (B, K, *S)``:
+    ``(1/K) Σ_c (KL(p^c‖q^c) + KL(q^c‖p^c))`` with ``KL(a‖b) = a·log(a/b)``, i.e. the mean over classes
+    of ``(p − q)(log p − log q)``; the paper's sum over voxels is taken as a mean over voxels and images
+    (like the cross-entropy it is added to). Zero when ``p == q``; probabilities are clamped at ``eps``."""
     p = p.clamp_min(eps)
     q = q.clamp_min(eps)
-    return 0.5 * ((p - q) * (p.log() - q.log())).mean()
+    return ((p - q) * (p.log() - q.log())).mean()
 
 
 def end_point_error(pred: Tensor, target: Tensor, spacing: Sequence[float] | Tensor = (1.0, 1.0, 1.0),

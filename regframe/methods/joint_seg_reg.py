@@ -7,14 +7,27 @@ One LightningModule trains a segmenter ``ψ_s`` and a registration estimator ``�
 2. ``reg_pretrain`` – ``ψ_r`` with the label-supervised registration loss (MSE + smooth_weight·diffusion +
    dice_weight·soft Dice, :mod:`regframe.objectives.label_supervised_registration`) on true labels where
    both subjects are labelled (the Mono-Reg baseline).
-3. ``rounds`` × (``seg_epochs_per_round`` of ``student`` then ``reg_epochs_per_round`` of ``reg_joint``):
-   the student (dropout ``student_dropout``) learns with :class:`~regframe.objectives.segmentation.StudentLoss`
-   from true labels and from the EMA teacher's screened pseudo labels
-   (:func:`~regframe.objectives.screening.screen_pseudo_labels`) on unlabelled images, with unlabelled
-   moving images warped by ``ψ_r`` as augmentation; ``ψ_r`` learns with Dice on true or pseudo labels.
+3. ``rounds`` × (``reg_epochs_per_round`` of ``reg_joint`` then ``seg_epochs_per_round`` of ``student``),
+   registration first as in the paper: ``ψ_r`` learns with Dice on true labels or on the EMA teacher's
+   screened pseudo labels (:func:`~regframe.objectives.screening.screen_pseudo_labels`: a voxel keeps its
+   pseudo label only where the teacher's largest class probability exceeds ``tau``); then the student
+   (dropout ``student_dropout``) learns with :class:`~regframe.objectives.segmentation.StudentLoss` from
+   true and screened pseudo labels, with moving images warped by ``ψ_r`` as input noise. With
+   ``teacher_input="clean"`` the teacher labels the unwarped moving image and its probabilities are warped
+   with the same field (the deformation is noise for the student only); ``"warped"`` feeds the teacher the
+   warped image (ablation). The share of unlabelled voxels that keep a pseudo label is logged as
+   ``train/pseudo_kept``.
+
+One network trains at a time: the other runs in eval mode (no BatchNorm statistics updated) and without
+gradients. ``reg_steps`` counts registration optimiser steps over all registration stages (the
+``smooth_weight`` warm-up), so Mono-Reg and JRSS share one warm-up; it travels in checkpoints and with
+``estimator_init``.
 
 ``mode="mono_seg"`` / ``"mono_reg"`` run only stage 1 / 2 for all epochs (the baselines).
-Teacher: held by an EMA callback (``callbacks.ema.EMATeacher``, required for ``mode="joint"``), which
+``mode="frozen_pseudo_reg"`` (control isolating joint training): stages 1 and 2, then
+``rounds × reg_epochs_per_round`` epochs of ``reg_joint`` whose teacher is the segmenter itself, never
+updated (the Mono-Seg segmenter; give ``segmenter_init`` and ``seg_pretrain_epochs=0`` to use a trained one).
+Teacher of ``mode="joint"``: held by an EMA callback (``callbacks.ema.EMATeacher``, required), which
 this module reaches only through the :class:`~regframe.stages.TeacherUser` protocol; the callback
 restarts it from the Mono-Seg segmenter at the start of stage 3 (``EMATeacher(ramp=False,
 buffers="keep")``, decay 0.99). ``bn_recalibration`` re-estimates the BatchNorm statistics of student
@@ -23,7 +36,8 @@ dropout made the teacher's pseudo labels shrink epoch after epoch on the prostat
 ``final_segmenter="teacher"`` ends training with the teacher's weights in ``segmenter`` (mean-teacher
 practice; chosen on prostate validation subjects).
 Which subjects are labelled: ``num_labelled`` drawn with ``labelled_seed`` from the data module's
-``train_subjects`` (or listed in ``labelled_subjects``); the chosen ids are written to ``hparams``.
+``train_subjects`` (or listed in ``labelled_subjects``); the chosen ids are written to ``hparams``. Labels
+of the other training subjects are never read.
 """
 
 from __future__ import annotations
@@ -53,13 +67,17 @@ STAGE_KINDS = ("seg_pretrain", "reg_pretrain", "student", "reg_joint")
 
 def jrss_schedule(mode: str, seg_pretrain_epochs: int, reg_pretrain_epochs: int, rounds: int,
                   seg_epochs_per_round: int, reg_epochs_per_round: int) -> StageSchedule:
-    """The stages of a JRSS run (stages of 0 epochs are left out); the baselines have one stage."""
+    """The stages of a run of ``mode`` (stages of 0 epochs are left out); the baselines have one stage,
+    ``frozen_pseudo_reg`` JRSS's stages without the student epochs."""
     if mode == "mono_seg":
         return StageSchedule([("seg_pretrain", seg_pretrain_epochs)])
     if mode == "mono_reg":
         return StageSchedule([("reg_pretrain", reg_pretrain_epochs)])
     stages = [("seg_pretrain", seg_pretrain_epochs), ("reg_pretrain", reg_pretrain_epochs)]
-    stages += [("student", seg_epochs_per_round), ("reg_joint", reg_epochs_per_round)] * rounds
+    if mode == "frozen_pseudo_reg":
+        stages.append(("reg_joint", rounds * reg_epochs_per_round))
+    else:
+        stages += [("reg_joint", reg_epochs_per_round), ("student", seg_epochs_per_round)] * rounds
     return StageSchedule([(name, epochs) for name, epochs in stages if epochs > 0])
 
 
@@ -69,7 +87,7 @@ class JointSegRegSelfTraining(RegistrationModule):
     Implements :class:`~regframe.stages.EMAStudent` and :class:`~regframe.stages.TeacherUser`."""
 
     def __init__(self, estimator: DisplacementEstimator, segmenter: Segmenter,
-                 mode: Literal["joint", "mono_seg", "mono_reg"] = "joint",
+                 mode: Literal["joint", "mono_seg", "mono_reg", "frozen_pseudo_reg"] = "joint",
                  num_labelled: int | None = 5, labelled_seed: int = 0, labelled_subjects: list[str] | None = None,
                  seg_pretrain_epochs: int = 10, reg_pretrain_epochs: int = 10, rounds: int = 3,
                  reg_epochs_per_round: int = 5, seg_epochs_per_round: int = 1,
@@ -78,6 +96,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  warmup_steps: int = 300, student_dropout: float = 0.5, seg_batch_size: int = 2,
                  ce_class_weighting: bool = True, bn_recalibration: bool = True,
                  final_segmenter: Literal["student", "teacher"] = "teacher",
+                 teacher_input: Literal["clean", "warped"] = "clean",
                  seg_lr: float = 1e-3, seg_weight_decay: float = 1e-4, reg_lr: float = 4e-4, lr_decay: float = 0.99,
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True) -> None:
@@ -134,11 +153,16 @@ class JointSegRegSelfTraining(RegistrationModule):
                               if h.ce_class_weighting else torch.ones(k))
 
     def _load_part(self, checkpoint_path: str, prefix: str) -> None:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+        """Load ``prefix`` (``segmenter`` or ``estimator``) from a checkpoint; an estimator also brings its
+        registration step count, so the ``smooth_weight`` warm-up goes on where that training left off."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
         part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
         if not part:
             raise RegframeInputError(f"{checkpoint_path}: no '{prefix}.*' weights in the checkpoint")
         getattr(self, prefix).load_state_dict(part)
+        if prefix == "estimator":
+            self.reg_steps = int(checkpoint.get("jrss", {}).get("reg_steps", 0))
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
@@ -162,7 +186,10 @@ class JointSegRegSelfTraining(RegistrationModule):
         return self.current_epoch == self.joint_start_epoch
 
     def teacher(self) -> nn.Module:
-        """The EMA teacher network handed over by the EMA callback."""
+        """The EMA teacher network handed over by the EMA callback; ``mode="frozen_pseudo_reg"``: the
+        segmenter, which that mode never trains after ``seg_pretrain``."""
+        if self.hparams.mode == "frozen_pseudo_reg":
+            return self.segmenter
         if self._teacher is None:
             raise RegframeInputError("trainer.callbacks: JRSS (mode='joint') needs an EMA teacher callback "
                                      "(callbacks.ema.EMATeacher)")
@@ -196,6 +223,9 @@ class JointSegRegSelfTraining(RegistrationModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._student_updated = False
         stage = self.stage
+        segmenter_trains = stage in ("seg_pretrain", "student")
+        self.segmenter.train(segmenter_trains)              # the frozen network keeps its BatchNorm statistics
+        self.estimator.train(not segmenter_trains)
         if stage == "seg_pretrain":
             loss = self._seg_pretrain_loss()
             optimizer = self.optimizers()[1]
@@ -249,64 +279,82 @@ class JointSegRegSelfTraining(RegistrationModule):
         with torch.no_grad():
             return self.teacher()(images).softmax(dim=1)
 
-    def _student_loss(self, batch: dict[str, Any]) -> Tensor:
-        """:class:`StudentLoss` on ``[fixed; registration-warped moving]`` of the batch's pairs plus a random
-        batch of labelled subjects; targets: true labels where labelled, screened teacher labels elsewhere."""
+    def _student_inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """The student's pair images ``[fixed; moving warped by ψ_r]`` ``(2B, 1, *S)``, the teacher's
+        probabilities on them ``(2B, K, *S)`` and the field ``(B, D, *S)``, all without gradients.
+        ``teacher_input="clean"``: the teacher sees the unwarped moving image and its probabilities are
+        warped with the same field; ``"warped"``: the teacher sees the student's warped image."""
         fixed, moving = batch["fixed"], batch["moving"]
-        fixed_lab, moving_lab = self._pair_labelled(batch)
         with torch.no_grad():
             disp = self.estimator(fixed, moving)
             moving_warped = warp(moving, disp)
-        images = torch.cat([fixed, moving_warped])
+            if self.hparams.teacher_input == "clean":
+                probs = self._teacher_probs(torch.cat([fixed, moving]))
+                probs = torch.cat([probs[: len(fixed)], warp(probs[len(fixed):], disp)])
+            else:
+                probs = self._teacher_probs(torch.cat([fixed, moving_warped]))
+        return torch.cat([fixed, moving_warped]), probs, disp
+
+    def _student_loss(self, batch: dict[str, Any]) -> Tensor:
+        """:class:`StudentLoss` on ``[fixed; registration-warped moving]`` of the batch's pairs plus a random
+        batch of labelled subjects; targets: true labels where labelled, screened teacher labels elsewhere."""
+        fixed_lab, moving_lab = self._pair_labelled(batch)
+        images, teacher, disp = self._student_inputs(batch)
+        pairs = len(fixed_lab)
         labelled = torch.cat([fixed_lab, moving_lab])
-        teacher = self._teacher_probs(images)
-        pseudo, kept = screen_pseudo_labels(teacher, self.hparams.tau)
+        pseudo, valid = screen_pseudo_labels(teacher, self.hparams.tau)
         true = torch.zeros_like(pseudo)
         if fixed_lab.any():
-            true[: len(fixed)] = self._onehot(batch["fixed_label"])
+            true[:pairs][fixed_lab] = self._onehot(batch["fixed_label"][fixed_lab])
         if moving_lab.any():
-            true[len(fixed):] = warp(self._onehot(batch["moving_label"]), disp)
+            true[pairs:][moving_lab] = warp(self._onehot(batch["moving_label"][moving_lab]), disp[moving_lab])
         lab_images, lab_onehot = self._labelled_images()
         logits = self.segmenter(torch.cat([images, lab_images]))
         terms = self.student_loss(logits[: len(images)], true, labelled, pseudo, teacher, logits[len(images):],
                                   lab_onehot, self.class_weights.to(self.device))
-        unlabelled = ~labelled
         self.log_dict({"train/ce_labelled": terms.ce_labelled.detach(), "train/ce_pseudo": terms.ce_pseudo.detach(),
-                       "train/sym_kl": terms.sym_kl.detach(), "train/weak_dice_seg": terms.registration_dice.detach(),
-                       "train/pseudo_kept": kept[unlabelled, 1:].float().mean() if unlabelled.any() else 0.0},
+                       "train/sym_kl": terms.sym_kl.detach(), "train/weak_dice_seg": terms.registration_dice.detach()},
                       batch_size=images.shape[0])
+        self._log_pseudo_kept(valid[~labelled])
         return terms.loss
 
+    def _log_pseudo_kept(self, valid: Tensor) -> None:
+        """``train/pseudo_kept``: the share of unlabelled voxels that keep a pseudo label (``valid (b, 1, *S)``)."""
+        if len(valid):
+            self.log("train/pseudo_kept", valid.mean(), batch_size=len(valid))
+
     def _registration_loss(self, batch: dict[str, Any], use_pseudo: bool) -> Tensor:
-        """:class:`LabelSupervisedRegistrationLoss` with Dice on classes (pseudo-)labelled in both subjects."""
+        """:class:`LabelSupervisedRegistrationLoss` with Dice on the voxels (pseudo-)labelled in both subjects."""
         fixed, moving = batch["fixed"], batch["moving"]
         disp = self.estimator(fixed, moving)
         fixed_lab, moving_lab = self._pair_labelled(batch)
-        fixed_target, fixed_kept = self._labels_or_pseudo(batch.get("fixed_label"), fixed, fixed_lab, use_pseudo)
-        moving_target, moving_kept = self._labels_or_pseudo(batch.get("moving_label"), moving, moving_lab,
-                                                            use_pseudo)
-        terms = self.registration_loss(fixed, moving, disp, fixed_target, moving_target, fixed_kept & moving_kept,
+        fixed_target, fixed_valid = self._labels_or_pseudo(batch.get("fixed_label"), fixed, fixed_lab, use_pseudo)
+        moving_target, moving_valid = self._labels_or_pseudo(batch.get("moving_label"), moving, moving_lab,
+                                                             use_pseudo)
+        terms = self.registration_loss(fixed, moving, disp, fixed_target, moving_target, fixed_valid, moving_valid,
                                        self.reg_steps)
         self.log_dict({"train/reg_mse": terms.mse.detach(), "train/reg_diffusion": terms.diffusion.detach(),
                        "train/reg_dice_loss": terms.dice.detach(), "train/smooth_weight": terms.smooth_weight},
                       batch_size=fixed.shape[0])
+        if use_pseudo:
+            self._log_pseudo_kept(torch.cat([fixed_valid[~fixed_lab], moving_valid[~moving_lab]]))
         return terms.loss
 
     def _labels_or_pseudo(self, label: Tensor | None, image: Tensor, labelled: Tensor,
                           use_pseudo: bool) -> tuple[Tensor, Tensor]:
-        """One-hot targets ``(B, K, *S)`` and kept classes ``(B, K)``: true labels where ``labelled``,
-        screened teacher pseudo labels elsewhere (if ``use_pseudo``), else nothing kept."""
+        """One-hot targets ``(B, K, *S)`` and where they hold ``(B, 1, *S)`` float: true labels where
+        ``labelled`` (every voxel), screened teacher pseudo labels elsewhere (if ``use_pseudo``), else none.
+        Only the labelled rows of ``label`` are read."""
         k = self.segmenter.num_classes
         onehot = image.new_zeros(image.shape[0], k, *image.shape[2:])
-        kept = torch.zeros(image.shape[0], k, dtype=torch.bool, device=image.device)
+        valid = image.new_zeros(image.shape[0], 1, *image.shape[2:])
         if labelled.any():
             onehot[labelled] = self._onehot(label[labelled])
-            kept[labelled] = True
+            valid[labelled] = 1.0
         if use_pseudo and (~labelled).any():
-            pseudo, pseudo_kept = screen_pseudo_labels(self._teacher_probs(image[~labelled]), self.hparams.tau)
-            onehot[~labelled] = pseudo
-            kept[~labelled] = pseudo_kept
-        return onehot, kept
+            onehot[~labelled], valid[~labelled] = screen_pseudo_labels(self._teacher_probs(image[~labelled]),
+                                                                       self.hparams.tau)
+        return onehot, valid
 
     # ---- evaluation -----------------------------------------------------------------------
     def _log_segmentation(self, batch: dict[str, Any], prefix: str) -> None:

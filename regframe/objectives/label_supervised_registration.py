@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from regframe.losses import diffusion, mse, soft_dice
@@ -25,9 +26,12 @@ class RegistrationLossTerms:
 class LabelSupervisedRegistrationLoss(nn.Module):
     """``MSE(warp(moving, u), fixed) + w·diffusion(u) + dice_weight·Dice·(share of usable pairs)``.
 
-    ``w = smooth_weight_warmup`` for the first ``warmup_steps`` optimiser steps, ``smooth_weight`` after.
-    The Dice term uses, per pair, only the classes labelled in both images (``kept``); pairs with no
-    foreground class in common add nothing (they train unsupervised).
+    ``w = smooth_weight_warmup`` for the first ``warmup_steps`` registration optimiser steps,
+    ``smooth_weight`` after. The Dice term compares the warped moving labels with the fixed labels only
+    on the voxels that have a target in both images: valid in the fixed image and, after warping the
+    moving image's validity map with ``u``, above ½ there (this mask carries no gradient). Screened
+    pseudo-label voxels and images without any label are thus left out; pairs without such voxels add
+    nothing (they train unsupervised, the paper's ``L_d = 0``).
     """
 
     def __init__(self, smooth_weight: float = 0.025, smooth_weight_warmup: float = 0.1, warmup_steps: int = 300,
@@ -43,23 +47,24 @@ class LabelSupervisedRegistrationLoss(nn.Module):
         return self.smooth_weight_warmup if step < self.warmup_steps else self.smooth_weight
 
     def forward(self, fixed: Tensor, moving: Tensor, disp: Tensor, fixed_target: Tensor, moving_target: Tensor,
-                kept: Tensor, step: int) -> RegistrationLossTerms:
+                fixed_valid: Tensor, moving_valid: Tensor, step: int) -> RegistrationLossTerms:
         """
         Args:
             fixed, moving: images ``(B, 1, *S)``; disp: displacement ``(B, D, *S)`` in voxels.
             fixed_target, moving_target: one-hot labels ``(B, K, *S)`` (zeros where there is none).
-            kept: ``(B, K)`` bool, the classes labelled in both images of each pair.
+            fixed_valid, moving_valid: ``(B, 1, *S)`` float, 1 where the image has a target, 0 elsewhere.
             step: registration optimiser steps taken so far (for the warm-up).
         """
         smooth_weight = self.smooth_weight_at(step)
         image_loss = mse(warp(moving, disp), fixed)
         smooth = diffusion(disp)
         loss = image_loss + smooth_weight * smooth
-        usable = kept[:, 1:].any(dim=1)
+        with torch.no_grad():
+            mask = fixed_valid * (warp(moving_valid, disp) > 0.5).to(fixed_valid.dtype)
+        usable = mask.flatten(1).any(dim=1)
         dice = loss * 0.0
         if usable.any():
-            mask = kept.float().view(*kept.shape, *([1] * (fixed.dim() - 2)))
-            warped_labels = warp(moving_target * mask, disp)
+            warped_labels = warp(moving_target, disp) * mask
             dice = soft_dice(warped_labels[usable], (fixed_target * mask)[usable])
             loss = loss + self.dice_weight * dice * usable.float().mean()
         return RegistrationLossTerms(loss, image_loss, smooth, dice, smooth_weight)

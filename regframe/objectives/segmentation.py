@@ -66,8 +66,10 @@ class StudentLoss(nn.Module):
             logits: student logits ``(2B, K, *S)`` of the pair images.
             targets: one-hot true labels ``(2B, K, *S)`` of the pair images (rows where ``labelled``).
             labelled: ``(2B,)`` bool, which pair images have a true label.
-            pseudo: screened one-hot teacher labels ``(2B, K, *S)`` (used where not ``labelled``).
-            teacher_probs: teacher probabilities ``(2B, K, *S)``.
+            pseudo: screened one-hot teacher labels ``(2B, K, *S)`` (used where not ``labelled``); screened
+                voxels are all-zero and add no cross-entropy.
+            teacher_probs: teacher probabilities ``(2B, K, *S)`` (the symmetric KL, Eq. 5, covers every voxel
+                of the unlabelled images, screened or not).
             extra_logits, extra_targets: logits and one-hot labels ``(b, K, *S)`` of further labelled images.
             class_weights: ``(K,)`` cross-entropy class weights.
         """

@@ -19,6 +19,7 @@ from regframe.objectives.screening import screen_pseudo_labels
 from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights, weighted_cross_entropy
 from regframe.segmenters import NetworkSegmenter
 from regframe.segmenters.dropout import recalibrate_batchnorm
+from regframe.spatial import warp
 from regframe.stages import EMAStudent, TeacherUser
 
 SHAPE = (12, 12, 12)
@@ -66,16 +67,18 @@ def make_trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
                       callbacks=list(callbacks), enable_checkpointing=False)
 
 
-def test_screening_keeps_only_confident_classes():
-    probs = torch.zeros(1, 3, 4)
-    probs[0, 0] = torch.tensor([0.9, 0.2, 0.2, 0.5])
-    probs[0, 1] = torch.tensor([0.05, 0.8, 0.3, 0.2])   # max 0.8 > τ: kept
-    probs[0, 2] = torch.tensor([0.05, 0.0, 0.5, 0.3])   # max 0.5 ≤ τ: dropped
-    onehot, kept = screen_pseudo_labels(probs, tau=0.6)
-    assert kept.tolist() == [[True, True, False]]
-    assert onehot[0].argmax(0)[:2].tolist() == [0, 1]
-    assert onehot[0, :, 2].sum() == 0  # arg max is the dropped class 2: voxel has no target
-    assert onehot[0, 2].sum() == 0 and onehot.sum() == 3
+def test_screening_drops_exactly_the_voxels_below_tau():
+    # a low-confidence teacher: largest class probability per voxel 0.9, 0.55, 0.4, 0.61, 0.6 (τ = 0.6)
+    probs = torch.tensor([[[0.9, 0.45, 0.4, 0.39, 0.6],
+                           [0.05, 0.55, 0.35, 0.61, 0.3],
+                           [0.05, 0.0, 0.25, 0.0, 0.1]]])
+    onehot, valid = screen_pseudo_labels(probs, tau=0.6)
+    assert valid.tolist() == [[[1.0, 0.0, 0.0, 1.0, 0.0]]]       # 0.6 is not above τ
+    assert onehot[0].tolist() == [[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0], [0.0] * 5]
+    # the arg-max classes 0 and 1 each exceed τ somewhere: a per-class screen would have kept all five voxels
+    assert (probs.amax(dim=2) > 0.6).tolist() == [[True, True, False]]
+    _, all_kept = screen_pseudo_labels(probs, tau=0.3)
+    assert all_kept.sum() == 5
 
 
 def test_weighted_cross_entropy_ignores_voxels_without_target_and_weights_classes():
@@ -101,10 +104,16 @@ def test_class_weights_follow_inverse_sqrt_frequency_or_are_uniform():
         assert torch.equal(module.class_weights, expected)
 
 
-def test_symmetric_kl_zero_for_identical_and_positive_otherwise():
-    p = torch.softmax(torch.randn(2, 3, 5, 5), dim=1)
+def test_symmetric_kl_is_the_papers_eq5():
+    # two classes, two voxels; voxel 1: p = (1/2, 1/2), q = (1/4, 3/4); voxel 2: p = q.
+    # Eq. 5 per voxel: (1/C) Σ_c [p_c log(p_c/q_c) + q_c log(q_c/p_c)]
+    #   = ½ [(½ − ¼) log 2 + (½ − ¾) log(2/3)] = ½ · ¼ · (log 2 + log 3/2) = log(3) / 8; mean over voxels: log(3)/16
+    p = torch.tensor([[[0.5, 0.3], [0.5, 0.7]]])
+    q = torch.tensor([[[0.25, 0.3], [0.75, 0.7]]])
+    expected = torch.log(torch.tensor(3.0)) / 16
+    assert torch.allclose(symmetric_kl(p, q), expected)
+    assert torch.allclose(symmetric_kl(q, p), expected)
     assert symmetric_kl(p, p).abs() < 1e-7
-    assert symmetric_kl(p, torch.softmax(torch.randn(2, 3, 5, 5), dim=1)) > 0
 
 
 def test_student_loss_known_answer_and_dice_through_registration_pairs():
@@ -124,7 +133,7 @@ def test_student_loss_known_answer_and_dice_through_registration_pairs():
     right = torch.sigmoid(torch.tensor(6.0))              # probability of the right class in image 1
     assert torch.allclose(terms.ce_pseudo, -right.log())
     student = logits[1].softmax(0)
-    expected_kl = 0.5 * ((teacher[1] - student) * (teacher[1].log() - student.log())).mean()
+    expected_kl = ((teacher[1] - student) * (teacher[1].log() - student.log())).mean()   # Eq. 5
     assert torch.allclose(terms.sym_kl, expected_kl)
     # the fixed label is compared with the warped moving image's prediction (foreground probabilities
     # [1-r, 1-r, r, r]), not with the fixed image's own uniform prediction (Dice loss ≈ 1/2); MONAI smoothing 1e-5
@@ -142,17 +151,39 @@ def test_registration_loss_known_answer_and_warmup():
     moving_fg = torch.zeros(4, 4, 4)
     moving_fg[1:3] = 1.0                                  # 32 voxels, 16 shared: Dice 1/2
     onehot = lambda fg: torch.stack([1 - fg, fg])[None].repeat(2, 1, 1, 1, 1)
-    kept = torch.tensor([[True, True], [True, False]])    # second pair: no foreground class in common
+    everywhere = torch.ones(2, 1, 4, 4, 4)
+    fixed_valid = everywhere.clone()
+    fixed_valid[1] = 0.0                                  # second pair: the fixed image has no target
     objective = LabelSupervisedRegistrationLoss(smooth_weight=0.025, smooth_weight_warmup=0.1, warmup_steps=3,
                                                 dice_weight=0.2)
-    terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=0)
+    terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, everywhere, step=0)
     assert torch.allclose(terms.mse, torch.tensor(0.25)) and terms.diffusion == 0
     assert torch.allclose(terms.dice, torch.tensor(0.5), atol=1e-4)
     assert torch.allclose(terms.loss, 0.25 + 0.2 * terms.dice * 0.5)   # only half of the pairs usable
     assert [objective.smooth_weight_at(step) for step in (0, 2, 3)] == [0.1, 0.1, 0.025]
-    assert objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept, step=5).smooth_weight == 0.025
-    unlabelled = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), kept & False, step=0)
+    assert objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, everywhere,
+                     step=5).smooth_weight == 0.025
+    unlabelled = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), 0 * everywhere, everywhere, step=0)
     assert torch.allclose(unlabelled.loss, torch.tensor(0.25)) and unlabelled.dice == 0
+
+
+def test_registration_dice_ignores_screened_voxels():
+    # the labels disagree only on slice 0 (fixed: foreground, moving: background); screened in either image,
+    # that slice drops out and the remaining foreground (slice 1) matches: Dice loss 0
+    fixed, moving, disp = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4)
+    fixed_fg, moving_fg = torch.zeros(4, 4, 4), torch.zeros(4, 4, 4)
+    fixed_fg[:2] = 1.0
+    moving_fg[1] = 1.0
+    onehot = lambda fg: torch.stack([1 - fg, fg])[None]
+    screened = torch.ones(1, 1, 4, 4, 4)
+    screened[:, :, 0] = 0.0
+    objective = LabelSupervisedRegistrationLoss(dice_weight=1.0)
+    everywhere = torch.ones_like(screened)
+    full = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), everywhere, everywhere, step=0)
+    assert torch.allclose(full.dice, torch.tensor(1 - 2 * 16 / 48), atol=1e-4)
+    for fixed_valid, moving_valid in ((screened, everywhere), (everywhere, screened)):
+        terms = objective(fixed, moving, disp, onehot(fixed_fg), onehot(moving_fg), fixed_valid, moving_valid, step=0)
+        assert terms.dice.abs() < 1e-4
 
 
 def test_batchnorm_recalibration_matches_the_data_without_dropout():
@@ -177,12 +208,17 @@ def test_stage_schedule():
                          seg_epochs_per_round=1)
     stages = [module.schedule.stage_at(e).name for e in range(module.schedule.total_epochs)]
     assert module.schedule.total_epochs == 15
-    assert stages[:4] == ["seg_pretrain", "seg_pretrain", "reg_pretrain", "student"]
-    assert stages[4:9] == ["reg_joint"] * 5 and stages[9] == "student" and stages[10:] == ["reg_joint"] * 5
-    assert module.schedule.stage_at(40).name == "reg_joint"          # after the schedule the last stage repeats
+    # each round: registration first, then the student (the paper's order)
+    assert stages == (["seg_pretrain"] * 2 + ["reg_pretrain"] + (["reg_joint"] * 5 + ["student"]) * 2)
+    assert module.schedule.stage_at(40).name == "student"            # after the schedule the last stage repeats
     assert module.joint_start_epoch == 3
     no_pretraining = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0)   # stages of 0 epochs left out
-    assert [s.name for s in no_pretraining.schedule.stages] == ["student", "reg_joint"]
+    assert [s.name for s in no_pretraining.schedule.stages] == ["reg_joint", "student"]
+    frozen = make_module(mode="frozen_pseudo_reg", seg_pretrain_epochs=2, reg_pretrain_epochs=1, rounds=2,
+                         reg_epochs_per_round=5)      # JRSS's stages without the student: same registration steps
+    assert [(s.name, s.stop - s.start) for s in frozen.schedule.stages] == [
+        ("seg_pretrain", 2), ("reg_pretrain", 1), ("reg_joint", 10)]
+    assert frozen.joint_start_epoch is None
     assert make_module(mode="mono_seg").schedule.stage_at(7).name == "seg_pretrain"
     assert make_module(mode="mono_reg").schedule.stage_at(7).name == "reg_pretrain"
     assert make_module(mode="mono_seg").joint_start_epoch is None
@@ -208,6 +244,7 @@ def test_labelled_subjects_follow_the_seed():
         module.setup("fit")
         ids.append(module.hparams["labelled_ids"])
     assert ids[0] == ids[1] and len(ids[0]) == 2
+    assert ids[2] != ids[0] and len(ids[2]) == 2 and set(ids[2]) <= {f"s{i}" for i in range(6)}
 
 
 def test_joint_run_keeps_the_teacher_out_of_the_student_weights(tmp_path):
@@ -258,3 +295,177 @@ def test_teacher_as_final_segmenter_with_recalibrated_statistics(tmp_path):
         assert torch.equal(module.segmenter.state_dict()[name], value)
     assert not torch.equal(ema.teacher.state_dict()["network.enc2.0.1.running_var"],
                            start["network.enc2.0.1.running_var"])   # re-estimated after the student epoch
+
+
+class StageChanges(pl.Callback):
+    """Which of segmenter / estimator parameters / buffers each training epoch changed (BatchNorm
+    recalibration at the end of a student epoch included: snapshots at epoch starts and at the end)."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, dict[str, bool]]] = []
+        self._before: tuple[str, dict] | None = None
+
+    @staticmethod
+    def _state(module: JointSegRegSelfTraining) -> dict:
+        return {f"{net}_{kind}": {n: t.detach().clone() for n, t in getattr(getattr(module, net), f"named_{kind}")()}
+                for net in ("segmenter", "estimator") for kind in ("parameters", "buffers")}
+
+    def _close(self, module: JointSegRegSelfTraining) -> None:
+        if self._before is not None:
+            stage, before = self._before
+            now = self._state(module)
+            self.changes.append((stage, {part: any(not torch.equal(v, now[part][n]) for n, v in values.items())
+                                         for part, values in before.items()}))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+        self._before = (pl_module.stage, self._state(pl_module))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close(pl_module)
+
+
+def quiet_trainer(tmp_path, epochs: int, callbacks=()) -> pl.Trainer:
+    """Training only (no validation), two steps per epoch."""
+    return pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      num_sanity_val_steps=0, callbacks=list(callbacks), enable_checkpointing=False)
+
+
+def only(*trained: str) -> dict[str, bool]:
+    return {f"{net}_{kind}": net in trained for net in ("segmenter", "estimator") for kind in ("parameters", "buffers")}
+
+
+def test_each_stage_changes_only_its_own_network(tmp_path):
+    """Parameters and BatchNorm buffers: the segmenter changes only in seg_pretrain and student epochs,
+    the estimator only in registration epochs (before the fix the estimator's 33 BatchNorm buffers moved in
+    student epochs). Checked after a checkpoint round trip too."""
+    module = make_module(final_segmenter="student")
+    changes = StageChanges()
+    trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [EMATeacher(decay=0.99, ramp=False, buffers="keep"),
+                                                                      changes])
+    trainer.fit(module, datamodule=TinyBlobs())
+    assert changes.changes == [("seg_pretrain", only("segmenter")), ("reg_pretrain", only("estimator")),
+                               ("reg_joint", only("estimator")), ("student", only("segmenter"))]
+    path = tmp_path / "jrss.ckpt"
+    trainer.save_checkpoint(path)
+    resumed = make_module(final_segmenter="student", rounds=2)    # one more round after the checkpoint
+    again = StageChanges()
+    quiet_trainer(tmp_path, resumed.schedule.total_epochs,
+                  [EMATeacher(decay=0.99, ramp=False, buffers="keep"), again]).fit(resumed, datamodule=TinyBlobs(),
+                                                                                  ckpt_path=path)
+    assert resumed.reg_steps == 6                                   # 2 pre-training + 2 + 2 joint steps
+    assert again.changes == [("reg_joint", only("estimator")), ("student", only("segmenter"))]
+
+
+def test_frozen_pseudo_reg_trains_registration_on_a_teacher_that_never_changes(tmp_path):
+    module = make_module(mode="frozen_pseudo_reg", rounds=2, tau=0.5)   # τ = ½ keeps almost every voxel (2 classes)
+    changes = StageChanges()
+    trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [changes])
+    trainer.fit(module, datamodule=TinyBlobs())
+    assert module.teacher() is module.segmenter
+    assert changes.changes == [("seg_pretrain", only("segmenter")), ("reg_pretrain", only("estimator")),
+                               ("reg_joint", only("estimator")), ("reg_joint", only("estimator"))]
+    assert module.reg_steps == 2 + 2 * 2                            # as many registration steps as JRSS
+    assert 0.0 < float(trainer.callback_metrics["train/pseudo_kept"]) <= 1.0   # the pseudo labels are used
+
+
+class Shift(torch.nn.Module):
+    """A stand-in estimator: the same displacement of 1.5 voxels along the first axis everywhere."""
+
+    def forward(self, fixed, moving):
+        disp = torch.zeros(fixed.shape[0], 3, *fixed.shape[2:])
+        disp[:, 0] = 1.5
+        return disp
+
+
+class IntensityTeacher(torch.nn.Module):
+    """A deterministic voxel-wise teacher: foreground logit 10·(x − ½) against background 0."""
+
+    def forward(self, images):
+        return torch.cat([torch.zeros_like(images), 10.0 * (images - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("teacher_input", ["clean", "warped"])
+def test_teacher_labels_the_clean_moving_image_and_its_labels_are_warped(teacher_input):
+    module = make_module(teacher_input=teacher_input)
+    module.estimator = Shift()
+    teacher = IntensityTeacher()
+    module.attach_teacher(lambda: teacher)
+    fixed, moving = torch.rand(2, 1, *SHAPE, generator=torch.Generator().manual_seed(0)).split(1)
+    images, probs, disp = module._student_inputs({"fixed": fixed, "moving": moving})
+    moving_warped = warp(moving, disp)
+    assert torch.equal(images, torch.cat([fixed, moving_warped]))     # the student always sees the warped image
+    assert torch.allclose(probs[:1], teacher(fixed).softmax(1))
+    clean = warp(teacher(moving).softmax(1), disp)
+    noisy = teacher(moving_warped).softmax(1)
+    assert not torch.allclose(clean, noisy, atol=1e-3)
+    assert torch.allclose(probs[1:], clean if teacher_input == "clean" else noisy)
+
+
+class RecordSmoothWeight(pl.Callback):
+    """The diffusion weight of every registration step."""
+
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.stage in ("reg_pretrain", "reg_joint"):
+            self.weights.append(float(trainer.callback_metrics["train/smooth_weight"]))
+
+
+def test_smooth_weight_warmup_is_the_same_for_mono_reg_and_jrss(tmp_path):
+    """Warm-up over registration steps only (student steps do not count), never restarted: JRSS (2 pre-training
+    + 2 × 2 joint steps) and Mono-Reg (6 steps) get the same weights, and a run initialised from a
+    checkpoint's estimator goes on with its step count."""
+    warmup = {"warmup_steps": 3, "smooth_weight": 0.025, "smooth_weight_warmup": 0.1}
+    expected = [0.1, 0.1, 0.1, 0.025, 0.025, 0.025]
+    jrss, mono_reg = make_module(rounds=2, **warmup), make_module(mode="mono_reg", reg_pretrain_epochs=3, **warmup)
+    for module, callbacks in ((jrss, [EMATeacher(decay=0.99, ramp=False, buffers="keep")]), (mono_reg, [])):
+        record = RecordSmoothWeight()
+        trainer = quiet_trainer(tmp_path, module.schedule.total_epochs, [*callbacks, record])
+        trainer.fit(module, datamodule=TinyBlobs())
+        assert record.weights == pytest.approx(expected)
+    mono_reg_short = make_module(mode="mono_reg", reg_pretrain_epochs=1, **warmup)
+    trainer = quiet_trainer(tmp_path, 1)
+    trainer.fit(mono_reg_short, datamodule=TinyBlobs())
+    trainer.save_checkpoint(tmp_path / "mono_reg.ckpt")
+    continued = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0, rounds=2,
+                            estimator_init=str(tmp_path / "mono_reg.ckpt"), **warmup)
+    assert continued.reg_steps == 2
+    record = RecordSmoothWeight()
+    quiet_trainer(tmp_path, continued.schedule.total_epochs,
+                  [EMATeacher(decay=0.99, ramp=False, buffers="keep"), record]).fit(continued, datamodule=TinyBlobs())
+    assert record.weights == pytest.approx(expected[2:])
+
+
+class RecordLosses(pl.Callback):
+    """Every ``train/*`` value logged at every step, with the stage."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, dict[str, float]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.steps.append((pl_module.stage, {k: float(v) for k, v in trainer.callback_metrics.items()
+                                             if k.startswith("train/")}))
+
+
+def test_labels_of_unlabelled_subjects_are_never_read(tmp_path):
+    """Garbage labels on the unlabelled training subjects leave every training loss of every stage unchanged."""
+    runs = []
+    for corrupt in (False, True):
+        data = TinyBlobs()
+        labelled = {"s0", "s3"}
+        for i, subject in enumerate(data.train_subjects):
+            if corrupt and subject["id"] not in labelled:
+                subject["label"] = torch.randint(0, 2, subject["label"].shape, generator=torch.Generator().manual_seed(i))
+        module = make_module(labelled_subjects=sorted(labelled), tau=0.5)   # pseudo labels on almost every voxel
+        record = RecordLosses()
+        pl.seed_everything(0)
+        quiet_trainer(tmp_path, module.schedule.total_epochs,
+                      [EMATeacher(decay=0.99, ramp=False, buffers="keep"), record]).fit(module, datamodule=data)
+        runs.append(record.steps)
+    assert [stage for stage, _ in runs[0]] == ["seg_pretrain"] * 2 + ["reg_pretrain"] * 2 + ["reg_joint"] * 2 + ["student"] * 2
+    assert {"train/ce_pseudo", "train/reg_dice_loss", "train/sym_kl"} <= set(runs[0][-1][1])
+    assert runs[0][-1][1]["train/pseudo_kept"] > 0.5 and runs[0][-1][1]["train/ce_pseudo"] > 0
+    assert runs[0] == runs[1]
