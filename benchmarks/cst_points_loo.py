@@ -5,8 +5,11 @@ and sampling for all (the shipped ``experiments/lung_*.yaml``).
 Each job (method, held-out pair, seed) trains with the shipped config through ``RegframeCLI`` (what
 ``lightning fit --config ...`` runs, W&B off), then tests ``last.ckpt`` on the held-out pair (what
 ``lightning test --ckpt_path`` runs) and appends one JSON line to ``--out``: the test metrics, the
-validation TRE at every validation (CST: every stage end), the wall time, and for CST the test TRE of
-the random stage-0 network that made the first pseudo labels. Run one process per core with
+validation TRE at every validation (CST: every stage end), the wall time, the held-out TRE of the
+trained network alone (``tre_network_mm``) and with CST's label smoothing applied to its output
+(``tre_smoothed_mm``: the control that gives every baseline CST's test-time refinement), and for CST
+the TRE of the random stage-0 network that made the first pseudo labels. CST's smoothing weight is
+chosen per fold on the training pairs (``LABEL_SMOOTHING``, from ``benchmarks/cst_points_stage0.py``). Run one process per core with
 ``OMP_NUM_THREADS=1`` and split the jobs with ``--shard``:
 
     OMP_NUM_THREADS=1 python benchmarks/cst_points_loo.py --shard 0/2 --out runs/points_loo.jsonl &
@@ -33,15 +36,22 @@ import lightning.pytorch as pl
 import torch
 
 from regframe.cli import RegframeCLI
+from regframe.estimators.point_refinement import RefinedPoints
+from regframe.estimators.protocols import trained_network
 from regframe.point_metrics import landmark_tre
 
 CONFIGS = {
     "cst": "experiments/lung_cst_points.yaml",
+    "cst_plain": "experiments/lung_cst_points.yaml",  # ablation: no label smoothing (λ = 0), also at test
     "metric": "experiments/lung_points_metric_supervised.yaml",
     "rigid": "experiments/lung_points_synthetic_rigid.yaml",
     "field": "experiments/lung_points_synthetic_field.yaml",
 }
 FOLDS = ("0001", "0002", "0003")
+# λ (mm³) of CST's label smoothing per held-out pair, chosen on the fold's two training pairs by the
+# stage-0 label error (benchmarks/cst_points_stage0.py); baselines are also scored with it at test.
+LABEL_SMOOTHING = {"0001": 1e6, "0002": 1e5, "0003": 3e5}
+SMOOTHING_OPTION = "--model.init_args.estimator.init_args.smooth_weight"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
 
@@ -58,13 +68,12 @@ class ValidationHistory(pl.Callback):
 
 
 @torch.no_grad()
-def random_network_tre(model: Any, datamodule: Any) -> float:
-    """Mean landmark TRE (mm) on the held-out pair of CST's random stage-0 estimator."""
-    estimator = model.random_stage0_estimator().eval()
+def held_out_tre(estimator: torch.nn.Module, datamodule: Any, spline_smooth_weight: float) -> float:
+    """Mean landmark TRE (mm) of ``estimator`` on the held-out pair (its test batch)."""
     batch = next(iter(datamodule.test_dataloader()))
-    displacements = estimator(batch["fixed_points"], batch["moving_points"])[0]
+    displacements = estimator.eval()(batch["fixed_points"], batch["moving_points"])[0]
     landmarks = batch["fixed_landmarks"][0], batch["moving_landmarks"][0]
-    return float(landmark_tre(batch["fixed_points"][0], displacements, *landmarks, model.spline_smooth_weight).mean())
+    return float(landmark_tre(batch["fixed_points"][0], displacements, *landmarks, spline_smooth_weight).mean())
 
 
 def run_job(method: str, fold: str, seed: int, root: str, run_dir: Path) -> dict[str, Any]:
@@ -73,18 +82,25 @@ def run_job(method: str, fold: str, seed: int, root: str, run_dir: Path) -> dict
             "--data.init_args.test_pair", fold, "--data.init_args.seed", str(seed), "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(run_dir / f"{method}_{fold}_{seed}")]
+    smoothing = LABEL_SMOOTHING[fold]
+    if method.startswith("cst"):
+        args += [SMOOTHING_OPTION, str(smoothing if method == "cst" else 0.0)]
     cli = RegframeCLI(args=args, run=False)
     cli.trainer.callbacks.append(history)
     record: dict[str, Any] = {"method": method, "fold": fold, "seed": seed, "threads": torch.get_num_threads()}
-    if method == "cst":
+    spline = cli.model.spline_smooth_weight
+    if method.startswith("cst"):
         cli.datamodule.setup("fit")
-        record["random_network_tre_mm"] = random_network_tre(cli.model, cli.datamodule)
+        record["random_network_tre_mm"] = held_out_tre(cli.model.random_stage0_estimator(), cli.datamodule, spline)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     record["train_s"] = time.perf_counter() - start
     record["steps"] = cli.trainer.global_step
     (tested,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="last", verbose=False)
     record.update({key.removeprefix("test/"): float(value) for key, value in tested.items()})
+    network = trained_network(cli.model.estimator)
+    record["tre_network_mm"] = held_out_tre(network, cli.datamodule, spline)  # without any refinement
+    record["tre_smoothed_mm"] = held_out_tre(RefinedPoints(network, 1, smoothing), cli.datamodule, spline)
     record["val_history"] = history.history
     return record
 
@@ -108,45 +124,47 @@ def table(path: Path) -> str:
     methods = [m for m in CONFIGS if any(k[0] == m for k in runs)]
     seeds = sorted({k[2] for k in runs})
     complete = {m: [s for s in seeds if all((m, f, s) in runs for f in FOLDS)] for m in methods}
-    lines = ["| method | TRE mm per seed (mean of 3 folds) | TRE mm mean ± sd | per fold (mean over seeds) "
+    rows = [("initial", methods[0], "initial_tre_mm")]
+    if "cst" in methods:
+        rows.append(("random g + LBP (CST's stage-0 labeller)", "cst", "random_network_tre_mm"))
+    for method in methods:
+        rows.append((method, method, "tre_mm"))
+        if method != "cst":
+            rows.append((f"{method} + CST's smoothing at test", method, "tre_smoothed_mm"))
+    lines = ["| method | TRE mm per seed (mean of 3 folds) | TRE mm mean ± sd | per held-out pair 0001/0002/0003 "
              "| SDlogJ | fold % | train s (median) |", "|---|---|---|---|---|---|---|"]
-
-    def row(name: str, key: str, method: str) -> str:
-        per_seed = [statistics.fmean(runs[method, f, s][key] for f in FOLDS) for s in complete[method]]
-        per_fold = [statistics.fmean(runs[method, f, s][key] for s in complete[method]) for f in FOLDS]
-        sd = statistics.stdev(per_seed) if len(per_seed) > 1 else math.nan
+    for name, method, key in rows:
+        seeds_done = complete[method]
+        per_seed = [statistics.fmean(runs[method, f, s][key] for f in FOLDS) for s in seeds_done]
+        per_fold = [statistics.fmean(runs[method, f, s][key] for s in seeds_done) for f in FOLDS]
+        sd = f" ± {statistics.stdev(per_seed):.2f}" if len(per_seed) > 1 and key != "initial_tre_mm" else ""
         extra = "| | |"
         if key == "tre_mm":
-            sdlogj = statistics.fmean(runs[method, f, s]["sdlogj"] for f in FOLDS for s in complete[method])
-            folding = statistics.fmean(runs[method, f, s]["fold_pct"] for f in FOLDS for s in complete[method])
-            seconds = statistics.median(runs[method, f, s]["train_s"] for f in FOLDS for s in complete[method])
-            extra = f"| {sdlogj:.3f} | {folding:.2f} | {seconds:.0f}"
-        return (f"| {name} | {' / '.join(f'{v:.2f}' for v in per_seed)} | {statistics.fmean(per_seed):.2f} ± {sd:.2f} "
-                f"| {' / '.join(f'{v:.2f}' for v in per_fold)} {extra} |")
-
-    first = methods[0]
-    lines.append(row("initial", "initial_tre_mm", first).replace("± 0.00", "").replace("± nan", ""))
+            every = [runs[method, f, s] for f in FOLDS for s in seeds_done]
+            extra = (f"| {statistics.fmean(r['sdlogj'] for r in every):.3f} "
+                     f"| {statistics.fmean(r['fold_pct'] for r in every):.2f} "
+                     f"| {statistics.median(r['train_s'] for r in every):.0f}")
+        lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in per_seed)} | {statistics.fmean(per_seed):.2f}{sd} "
+                     f"| {' / '.join(f'{v:.2f}' for v in per_fold)} {extra} |")
     if "cst" in methods:
-        lines.append(row("random g + LBP (CST stage-0 labeller)", "random_network_tre_mm", "cst"))
-    for method in methods:
-        lines.append(row(method, "tre_mm", method))
-    if "cst" in methods:
-        lines += ["", "| CST − baseline (TRE mm, paired over fold × seed) | mean | 95 % CI | runs |", "|---|---|---|---|"]
-        for method in methods:
-            if method == "cst":
+        lines += ["", "| paired difference (TRE mm, over fold × seed) | mean | 95 % CI | runs |", "|---|---|---|---|"]
+        for name, method, key in rows[1:]:
+            if method == "cst" and key == "tre_mm":
                 continue
             keys = [(f, s) for f in FOLDS for s in seeds if ("cst", f, s) in runs and (method, f, s) in runs]
-            differences = [runs["cst", f, s]["tre_mm"] - runs[method, f, s]["tre_mm"] for f, s in keys]
+            differences = [runs["cst", f, s]["tre_mm"] - runs[method, f, s][key] for f, s in keys]
             mean, half = t_interval(differences)
-            lines.append(f"| CST − {method} | {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | {len(keys)} |")
-        curves = defaultdict(list)
-        for (method, fold, seed), record in runs.items():
-            if method == "cst":
-                for index, (_, tre) in enumerate(record["val_history"]):
-                    curves[fold, index].append(tre)
-        if curves:
+            lines.append(f"| CST − {name} | {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | {len(keys)} |")
+        for method in ("cst", "cst_plain"):
+            curves = defaultdict(list)
+            for (name, fold, seed), record in runs.items():
+                if name == method:
+                    for index, (_, tre) in enumerate(record["val_history"]):
+                        curves[fold, index].append(tre)
+            if not curves:
+                continue
             stages = sorted({index for _, index in curves})
-            lines += ["", "| CST held-out TRE mm after stage | " + " | ".join(str(i + 1) for i in stages) + " |",
+            lines += ["", f"| {method}: held-out TRE mm after stage | " + " | ".join(str(i + 1) for i in stages) + " |",
                       "|---|" + "---|" * len(stages)]
             for fold in FOLDS:
                 values = [statistics.fmean(curves[fold, i]) if curves[fold, i] else math.nan for i in stages]

@@ -1,10 +1,12 @@
-"""Stage-0 pseudo-label error of a random graph CNN + sparse LBP on the Learn2Reg LungCT keypoints.
+"""Stage-0 pseudo labels of CST for keypoint clouds, and the choice of the label smoothing per fold.
 
-For every pair, one third of the fixed keypoint rows form the fixed cloud and twice as many rows the
-moving cloud, drawn either from the *other* rows (disjoint: no true partner present) or from all rows
-(independent: partners may be present; the order is shuffled either way, so no correspondence is
-given). Prints the mean error (mm) of the displacements against the keypoint correspondence, next
-to the initial distance, per pair and setting.
+Builds ``experiments/lung_cst_points.yaml``'s model (its random stage-0 network, exactly what makes
+the first labels) and, for every pair and every smoothing weight λ (mm³, the smoothing spline of
+:class:`regframe.estimators.point_refinement.RefinedPoints`), the labels of all fixed keypoint rows
+(:func:`regframe.methods.cyclical_points.keypoint_pseudo_labels`, the config's cloud sampling). Prints
+their mean error against the keypoint correspondence (mm) next to the initial distance, and for
+every leave-one-pair-out fold the λ with the lowest mean error on that fold's two *training* pairs
+(the held-out pair is never looked at for its own fold).
 
     OMP_NUM_THREADS=1 python benchmarks/cst_points_stage0.py --root ../shared/data/LungCT_L2R
 """
@@ -12,27 +14,16 @@ to the initial distance, per pair and setting.
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
 
-from regframe.estimators.points import PointCloudEstimator
-from regframe.features.graph_cnn import GraphFeatureNet
-from regframe.optim.sparse_lbp import SparseLBP
-from regframe.point_clouds import draw_clouds, find_point_pairs, load_point_pair, voxel_to_mm
+from regframe.cli import RegframeCLI
+from regframe.methods.cyclical_points import keypoint_pseudo_labels
+from regframe.point_clouds import voxel_to_mm
 
-SETTINGS = [(16, 0.01), (64, 0.01), (64, 0.1)]  # (candidates L, smooth_weight)
-
-
-def label_error(estimator: PointCloudEstimator, fixed: torch.Tensor, moving: torch.Tensor, disjoint: bool,
-                seed: int) -> tuple[float, float]:
-    """Mean |estimated - true| and mean |true| displacement (mm) over the fixed cloud of one pair."""
-    third = len(fixed) // 3
-    chunk, moving_rows = draw_clouds(len(fixed), third, 2 * third, disjoint, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        estimate = estimator(fixed[chunk][None], moving[moving_rows][None])[0]
-    truth = moving[chunk] - fixed[chunk]
-    return float((estimate - truth).norm(dim=1).mean()), float(truth.norm(dim=1).mean())
+CONFIG = "experiments/lung_cst_points.yaml"
+WEIGHTS = (0.0, 1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6)
 
 
 def main() -> None:
@@ -40,21 +31,31 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/LungCT_L2R")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    pairs = [load_point_pair(p) for p in find_point_pairs(args.root)]
-    clouds = [(voxel_to_mm(p.fixed_keypoints, p.spacing), voxel_to_mm(p.moving_keypoints, p.spacing)) for p in pairs]
-    print("| moving rows | L | smooth_weight | label error per pair (mm) | initial (mm) | s |")
-    print("|---|---|---|---|---|---|")
-    for disjoint in (True, False):
-        for candidates, smooth in SETTINGS:
-            torch.manual_seed(args.seed)
-            estimator = PointCloudEstimator(GraphFeatureNet(k=6), SparseLBP(num_candidates=candidates, k=6,
-                                                                            smooth_weight=smooth, iterations=3)).eval()
-            start = time.perf_counter()
-            results = [label_error(estimator, fixed, moving, disjoint, args.seed) for fixed, moving in clouds]
-            errors = " / ".join(f"{e:.1f}" for e, _ in results)
-            initial = " / ".join(f"{i:.1f}" for _, i in results)
-            print(f"| {'other rows' if disjoint else 'all rows'} | {candidates} | {smooth} | {errors} | {initial} "
-                  f"| {time.perf_counter() - start:.1f} |")
+    cli = RegframeCLI(args=["--config", CONFIG, "--data.init_args.root", args.root, "--trainer.logger", "false"],
+                      run=False)
+    data = cli.datamodule
+    data.setup("fit")
+    pairs = data.train_pairs + data.test_pairs
+    labeller = cli.model.random_stage0_estimator().eval()
+    errors: dict[float, dict[str, float]] = {}
+    print("| λ (mm³) | " + " | ".join(p.pair_id for p in pairs) + " |")
+    print("|---|" + "---|" * len(pairs))
+    for weight in WEIGHTS:
+        labeller.smooth_weight = weight
+        errors[weight] = {}
+        for pair in pairs:
+            generator = torch.Generator().manual_seed(args.seed)
+            labels = keypoint_pseudo_labels(labeller, pair, data.train_sampling, generator, "cpu")
+            truth = voxel_to_mm(pair.moving_keypoints - pair.fixed_keypoints, pair.spacing)
+            errors[weight][pair.pair_id] = float((labels - truth).norm(dim=1).mean())
+        print(f"| {weight:g} | " + " | ".join(f"{errors[weight][p.pair_id]:.2f}" for p in pairs) + " |")
+    initial = [float(voxel_to_mm(p.moving_keypoints - p.fixed_keypoints, p.spacing).norm(dim=1).mean()) for p in pairs]
+    print("| initial | " + " | ".join(f"{v:.2f}" for v in initial) + " |")
+    print("\n| held-out pair | λ chosen on the other two pairs | their mean label error (mm) |\n|---|---|---|")
+    for held_out in pairs:
+        training = [p.pair_id for p in pairs if p is not held_out]
+        best = min(WEIGHTS, key=lambda w: statistics.fmean(errors[w][i] for i in training))
+        print(f"| {held_out.pair_id} | {best:g} | {statistics.fmean(errors[best][i] for i in training):.2f} |")
 
 
 if __name__ == "__main__":
