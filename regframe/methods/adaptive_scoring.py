@@ -12,7 +12,7 @@ steps are disjoint, so no gradient leaks between the networks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -37,13 +37,15 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         objective: the training signal (AdaCS or a baseline) with its weight net, if any.
         optimizer: builds the optimiser of each network (default Adam, lr 1e-4).
         lr_scheduler: optional scheduler factory, one scheduler per optimiser, stepped every batch.
+        label_warp, compute_hd95, metric_labels, surface_distances: evaluation, as in :class:`RegistrationModule`.
     """
 
     def __init__(self, estimator: DisplacementEstimator, objective: ResidualObjective,
                  optimizer: OptimizerCallable = adam_1e4, lr_scheduler: LRSchedulerCallable | None = None,
-                 label_warp: str = "nearest", compute_hd95: bool = True) -> None:
+                 label_warp: str = "nearest", compute_hd95: bool = True, metric_labels: Sequence[int] | None = None,
+                 surface_distances: bool = False) -> None:
         super().__init__(estimator, optimizer=optimizer, lr_scheduler=lr_scheduler, label_warp=label_warp,
-                         compute_hd95=compute_hd95)
+                         compute_hd95=compute_hd95, metric_labels=metric_labels, surface_distances=surface_distances)
         self.objective = objective
         self.automatic_optimization = False
 
