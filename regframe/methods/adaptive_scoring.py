@@ -7,7 +7,9 @@ chosen in YAML (``regframe.objectives``: ``vanilla.Vanilla``, ``nll.NLL``, ``nll
 ``adareg.AdaReg``, ``adaframe.AdaFrame``, ``adacs.AdaCS``). The objective's stage schedule says per
 epoch whether the estimator, the objective's separately trained weight net, or both take a step.
 Two optimisers (estimator, objective's weight net), manual optimisation; the graphs of the two
-steps are disjoint, so no gradient leaks between the networks.
+steps are disjoint, so no gradient leaks between the networks. An estimator with a loss of its own
+(:class:`~regframe.estimators.protocols.AuxiliaryLossSource`, e.g. DiffuseMorph's diffusion loss)
+has it added to the estimator's loss, whatever the objective.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.protocols import auxiliary_loss
 from regframe.methods.base import RegistrationModule
 from regframe.objectives.residual import STAGES, ResidualObjective
 from regframe.spatial import warp
@@ -69,6 +72,9 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         if stage != "scoring":
             disp, warped = self.align(batch)
             loss, logs = self.objective(batch["fixed"], warped, disp, stage)
+            extra = auxiliary_loss(self.estimator, batch["fixed"], batch["moving"])
+            if extra is not None:
+                loss, logs = loss + extra, {**logs, "auxiliary_loss": extra.detach()}
             self._step(optimizers[:1] if self.objective.separate_weight_net else optimizers, loss)
             self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
             self.log_dict({f"train/{key}": value for key, value in logs.items()}, batch_size=size)
