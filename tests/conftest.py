@@ -58,7 +58,7 @@ def paired_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_fake_acdc_patient(folder: Path, ed: int = 1, es: int = 5, shape=(40, 36, 4),
                             spacing=(1.5, 1.25, 8.0)) -> None:
     """One ACDC-layout patient: ``Info.cfg`` and ED/ES frames with labels (int16 images). Rings of
-    myocardium (2) around the LV cavity (3), an RV blob (1); ES contracted; slice 0 (apex) empty."""
+    myocardium (2) around the LV cavity (3), an RV blob (1); ES contracted; the last slice (apex) empty."""
     x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     rng = np.random.default_rng(len(folder.name) + int(folder.name[-3:]))
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def write_fake_acdc_patient(folder: Path, ed: int = 1, es: int = 5, shape=(40, 3
     for frame, radius in ((ed, 9.0), (es, 7.0)):
         label = np.zeros(shape, dtype=np.uint8)
         r = np.hypot(x - centre[0], y - centre[1])
-        for z in range(1, shape[2]):
+        for z in range(shape[2] - 1):
             label[..., z][r <= radius] = 2
             label[..., z][r <= radius - 3] = 3
             label[..., z][np.hypot(x - centre[0] + radius + 4, y - centre[1]) <= 3] = 1

@@ -38,10 +38,10 @@ def test_patient_reads_ed_es_with_header_spacing_and_slices_keep_the_apex(fake_a
     assert patient.ed_image.min() == 0.0 and patient.ed_image.max() == 1.0
     assert (patient.ed_label == 2).sum() > (patient.es_label == 2).sum()  # ES contracted
     pairs = slice_pairs(patient, 16)
-    assert [p["index"] for p in pairs] == [0, 1, 2, 3]  # the apex slice 0 (no myocardium) is kept
+    assert [p["index"] for p in pairs] == [0, 1, 2, 3]  # the apex slice 3 (no myocardium) is kept
     centre = myocardium_centre(pairs[2]["ed_label"])
     assert np.allclose(centre, [7.5, 7.5], atol=1.0)  # cropped around the ED myocardium
-    assert (pairs[0]["ed_label"] == 0).all() and pairs[0]["ed_image"].shape == (16, 16)
+    assert (pairs[3]["ed_label"] == 0).all() and pairs[3]["ed_image"].shape == (16, 16)
 
 
 def test_data_module_batches_split_and_test_folder(fake_acdc: Path):
