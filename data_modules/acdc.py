@@ -7,6 +7,9 @@ around the ED slice's myocardium centroid; fixed = ES slice, moving = ED slice; 
 in-plane voxel size (mm). ``protocol: volumes``: one 3D pair per patient, cropped in-plane the
 same way and padded/cropped to ``depth`` slices. Labels keep all ACDC classes (1 RV cavity,
 2 myocardium, 3 LV cavity); the method's ``metric_labels`` chooses the scored ones.
+``preprocessing`` (what checkpoints record for ``regframe register``) stays the identity: the
+intensity normalisation depends on each frame (:func:`regframe.acdc.normalise_intensity`), so images
+given to ``regframe register --checkpoint`` must be normalised that way first.
 """
 
 from __future__ import annotations
