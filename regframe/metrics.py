@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 from torch import Tensor
@@ -146,6 +147,39 @@ def hd95_per_label(fixed_label: LabelLike, warped_label: LabelLike, labels: Sequ
     return result
 
 
+def surface_distances_per_label(fixed_label: LabelLike, warped_label: LabelLike, labels: Sequence[int],
+                                spacing: SpacingLike | None = None) -> dict[int, tuple[float, float]]:
+    """``(Hausdorff distance, average surface distance)`` per label, in mm (``spacing``; voxels if None).
+
+    MONAI's ``compute_hausdorff_distance`` (the maximum, symmetric) and
+    ``compute_average_surface_distance`` (symmetric: the mean over both surfaces' points of the
+    distance to the other surface), on voxel-centre boundaries, Euclidean. As in
+    :func:`hd95_per_label`, a label present in the fixed map but missing in the warped map gets the
+    grid diagonal for both; a label missing from the fixed map gives NaN. Runs on the CPU.
+    """
+    fixed = _label_grid(fixed_label, "fixed_label").cpu()
+    warped = _label_grid(warped_label, "warped_label").cpu()
+    if fixed.shape != warped.shape:
+        raise ValueError(f"fixed_label shape {tuple(fixed.shape)} differs from warped_label {tuple(warped.shape)}")
+    sp = _spacing_list(spacing, fixed.dim())
+    diagonal = math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(fixed.shape, sp)))
+    result: dict[int, tuple[float, float]] = {}
+    for label in (int(label) for label in labels):
+        in_fixed, in_warped = (fixed == label)[None, None], (warped == label)[None, None]
+        if not in_fixed.any():
+            result[label] = (float("nan"), float("nan"))
+        elif not in_warped.any():
+            result[label] = (diagonal, diagonal)
+        else:
+            with warnings.catch_warnings():  # MONAI's own deprecation notice (always_return_as_numpy)
+                warnings.simplefilter("ignore", FutureWarning)
+                hd = compute_hausdorff_distance(in_warped, in_fixed, include_background=True, spacing=sp)
+                asd = compute_average_surface_distance(in_warped, in_fixed, include_background=True,
+                                                       symmetric=True, spacing=sp)
+            result[label] = (hd.item(), asd.item())
+    return result
+
+
 def _area_weighted_percentile(distances: Tensor, areas: Tensor, percent: float) -> float:
     """Smallest distance whose cumulative surface-area fraction reaches ``percent`` (Learn2Reg rule)."""
     order = torch.argsort(distances)
@@ -213,7 +247,7 @@ def pair_metrics(fixed_label: LabelLike, moving_label: LabelLike, disp: Tensor |
                  spacing: SpacingLike | None = None, labels: Sequence[int] | None = None, hd95: bool = True,
                  warped_label: LabelLike | None = None, label_warp: str = "nearest",
                  fixed_points: Tensor | np.ndarray | None = None,
-                 moving_points: Tensor | np.ndarray | None = None) -> dict:
+                 moving_points: Tensor | np.ndarray | None = None, surface_distances: bool = False) -> dict:
     """All metrics of one registered pair.
 
     ``moving_label`` is the original moving map (it decides which labels count); it is warped with
@@ -223,7 +257,9 @@ def pair_metrics(fixed_label: LabelLike, moving_label: LabelLike, disp: Tensor |
 
     ``dice`` (mean over labels, NaN if none), ``dice_per_label`` {label: Dice},
     ``hd95`` (mean mm), ``hd95_vox`` (mean voxels, Learn2Reg's unit), ``hd95_per_label`` {label: mm}
-    — the HD95 keys only when ``hd95`` is True — ``sdlogj_l2r``, ``sdlogj``, ``fold_pct``, and
+    — the HD95 keys only when ``hd95`` is True —, with ``surface_distances`` the Hausdorff distance
+    and average surface distance (:func:`surface_distances_per_label`, means over labels) ``hd``,
+    ``asd`` in voxels and ``hd_mm``, ``asd_mm`` in mm, ``sdlogj_l2r``, ``sdlogj``, ``fold_pct``, and
     ``tre`` (mean mm) when points are given.
     """
     field = _batched_field(disp)
@@ -249,6 +285,11 @@ def pair_metrics(fixed_label: LabelLike, moving_label: LabelLike, disp: Tensor |
         else:
             hd_vox = hd95_per_label(fixed, warped, evaluated, None)
         result.update(hd95=_nanmean(hd_mm.values()), hd95_vox=_nanmean(hd_vox.values()), hd95_per_label=hd_mm)
+    if surface_distances:
+        for suffix, units in (("", None), ("_mm", _spacing_list(spacing, dims))):
+            per_label = surface_distances_per_label(fixed, warped, evaluated, units)
+            result[f"hd{suffix}"] = _nanmean(hd for hd, _ in per_label.values())
+            result[f"asd{suffix}"] = _nanmean(asd for _, asd in per_label.values())
     result.update(jacobian_metrics(field))
     if fixed_points is not None and moving_points is not None:
         result["tre"] = tre(fixed_points, moving_points, field, spacing).mean().item()

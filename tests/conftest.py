@@ -53,3 +53,36 @@ def paired_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
             write_nifti(root / f"{side}_images" / f"case{case}.nii.gz", image.astype(np.float32), np.eye(4))
             write_nifti(root / f"{side}_labels" / f"case{case}.nii.gz", gland.astype(np.uint8), np.eye(4))
     return root
+
+
+def write_fake_acdc_patient(folder: Path, ed: int = 1, es: int = 5, shape=(40, 36, 4),
+                            spacing=(1.5, 1.25, 8.0)) -> None:
+    """One ACDC-layout patient: ``Info.cfg`` and ED/ES frames with labels (int16 images). Rings of
+    myocardium (2) around the LV cavity (3), an RV blob (1); ES contracted; the last slice (apex) empty."""
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    rng = np.random.default_rng(len(folder.name) + int(folder.name[-3:]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: NOR\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
+    centre = np.array([21.0, 17.0]) + rng.uniform(-2, 2, 2)
+    for frame, radius in ((ed, 9.0), (es, 7.0)):
+        label = np.zeros(shape, dtype=np.uint8)
+        r = np.hypot(x - centre[0], y - centre[1])
+        for z in range(shape[2] - 1):
+            label[..., z][r <= radius] = 2
+            label[..., z][r <= radius - 3] = 3
+            label[..., z][np.hypot(x - centre[0] + radius + 4, y - centre[1]) <= 3] = 1
+        image = np.choose(label, [20, 180, 80, 200]) + rng.normal(0, 4, shape)
+        affine = np.diag([*spacing, 1.0])
+        write_nifti(folder / f"{folder.name}_frame{frame:02d}.nii.gz", image.astype(np.int16), affine)
+        write_nifti(folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz", label, affine)
+
+
+@pytest.fixture(scope="session")
+def fake_acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ACDC root: ``training/`` with patients 001-004 and ``testing/`` with 101-102."""
+    root = tmp_path_factory.mktemp("acdc")
+    for number in (1, 2, 3, 4):
+        write_fake_acdc_patient(root / "training" / f"patient{number:03d}")
+    for number in (101, 102):
+        write_fake_acdc_patient(root / "testing" / f"patient{number:03d}")
+    return root

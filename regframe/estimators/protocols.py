@@ -46,6 +46,21 @@ class CoarseGridEstimator(Protocol):
         """A coarse field brought to grid ``size`` (voxels of that grid), as ``forward`` does."""
 
 
+@runtime_checkable
+class AuxiliaryLossSource(Protocol):
+    """An estimator with a training loss of its own besides the method's (e.g. DiffuseMorph's
+    noise-prediction loss); methods that support it add it to the estimator's loss."""
+
+    def auxiliary_loss(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        """A scalar loss for the pair ``fixed``, ``moving`` ``(B, 1, *S)``, already weighted."""
+
+
+def auxiliary_loss(estimator: nn.Module, fixed: Tensor, moving: Tensor) -> Tensor | None:
+    """The trained network's :class:`AuxiliaryLossSource` loss, or None when it has none."""
+    network = trained_network(estimator)
+    return network.auxiliary_loss(fixed, moving) if isinstance(network, AuxiliaryLossSource) else None
+
+
 def unwrapped(estimator: nn.Module) -> list[nn.Module]:
     """The chain ``[estimator, estimator.wrapped, ...]`` down to the innermost estimator."""
     chain = [estimator]

@@ -7,18 +7,21 @@ chosen in YAML (``regframe.objectives``: ``vanilla.Vanilla``, ``nll.NLL``, ``nll
 ``adareg.AdaReg``, ``adaframe.AdaFrame``, ``adacs.AdaCS``). The objective's stage schedule says per
 epoch whether the estimator, the objective's separately trained weight net, or both take a step.
 Two optimisers (estimator, objective's weight net), manual optimisation; the graphs of the two
-steps are disjoint, so no gradient leaks between the networks.
+steps are disjoint, so no gradient leaks between the networks. An estimator with a loss of its own
+(:class:`~regframe.estimators.protocols.AuxiliaryLossSource`, e.g. DiffuseMorph's diffusion loss)
+has it added to the estimator's loss, whatever the objective.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.protocols import auxiliary_loss
 from regframe.methods.base import RegistrationModule
 from regframe.objectives.residual import STAGES, ResidualObjective
 from regframe.spatial import warp
@@ -37,13 +40,15 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         objective: the training signal (AdaCS or a baseline) with its weight net, if any.
         optimizer: builds the optimiser of each network (default Adam, lr 1e-4).
         lr_scheduler: optional scheduler factory, one scheduler per optimiser, stepped every batch.
+        label_warp, compute_hd95, metric_labels, surface_distances: evaluation, as in :class:`RegistrationModule`.
     """
 
     def __init__(self, estimator: DisplacementEstimator, objective: ResidualObjective,
                  optimizer: OptimizerCallable = adam_1e4, lr_scheduler: LRSchedulerCallable | None = None,
-                 label_warp: str = "nearest", compute_hd95: bool = True) -> None:
+                 label_warp: str = "nearest", compute_hd95: bool = True, metric_labels: Sequence[int] | None = None,
+                 surface_distances: bool = False) -> None:
         super().__init__(estimator, optimizer=optimizer, lr_scheduler=lr_scheduler, label_warp=label_warp,
-                         compute_hd95=compute_hd95)
+                         compute_hd95=compute_hd95, metric_labels=metric_labels, surface_distances=surface_distances)
         self.objective = objective
         self.automatic_optimization = False
 
@@ -67,6 +72,9 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         if stage != "scoring":
             disp, warped = self.align(batch)
             loss, logs = self.objective(batch["fixed"], warped, disp, stage)
+            extra = auxiliary_loss(self.estimator, batch["fixed"], batch["moving"])
+            if extra is not None:
+                loss, logs = loss + extra, {**logs, "auxiliary_loss": extra.detach()}
             self._step(optimizers[:1] if self.objective.separate_weight_net else optimizers, loss)
             self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
             self.log_dict({f"train/{key}": value for key, value in logs.items()}, batch_size=size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,6 +39,10 @@ class RegistrationModule(pl.LightningModule):
         lr_scheduler: optional scheduler factory; it is stepped every optimiser step.
         label_warp: ``"nearest"`` or ``"onehot"`` (linear on one-hot, then arg-max) for evaluation.
         compute_hd95: HD95 is the slowest metric (CPU distance transforms); switch it off for speed.
+        metric_labels: the labels scored (Dice, distances), e.g. ``[2]`` for the ACDC myocardium;
+            default every foreground label present in both maps.
+        surface_distances: also log the Hausdorff and average surface distances ``hd``, ``asd``
+            (voxels) and ``hd_mm``, ``asd_mm`` (MONAI, see :func:`regframe.metrics.surface_distances_per_label`).
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class RegistrationModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         label_warp: str = "nearest",
         compute_hd95: bool = True,
+        metric_labels: Sequence[int] | None = None,
+        surface_distances: bool = False,
     ) -> None:
         super().__init__()
         save_config_hyperparameters(self)
@@ -56,6 +62,8 @@ class RegistrationModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.label_warp = label_warp
         self.compute_hd95 = compute_hd95
+        self.metric_labels = [int(label) for label in metric_labels] if metric_labels is not None else None
+        self.surface_distances = surface_distances
         self.pair_records: list[dict[str, Any]] = []  # this evaluation's pairs (regframe.pair_records)
 
     # ----------------------------------------------------------------- inference
@@ -97,11 +105,14 @@ class RegistrationModule(pl.LightningModule):
         for i in range(batch_size):
             spacing = batch["spacing"][i].tolist() if "spacing" in batch else [1.0] * (disp.dim() - 2)
             m = pair_metrics(batch["fixed_label"][i : i + 1], batch["moving_label"][i : i + 1], disp[i : i + 1],
-                             spacing, warped_label=warped[i : i + 1], hd95=self.compute_hd95)
+                             spacing, labels=self.metric_labels, warped_label=warped[i : i + 1],
+                             hd95=self.compute_hd95, surface_distances=self.surface_distances)
             scores = {"dice": m["dice"], "sdlogj": m["sdlogj_l2r"], "sdlogj_plain": m["sdlogj"],
                       "fold_pct": m["fold_pct"]}
             if self.compute_hd95:
                 scores["hd95"] = m["hd95"]
+            if self.surface_distances:
+                scores.update({key: m[key] for key in ("hd", "asd", "hd_mm", "asd_mm")})
             organs = {names.get(int(label), f"label{int(label)}"): value
                       for label, value in m["dice_per_label"].items()}
             pair_id = batch["pair_id"][i] if "pair_id" in batch else str(len(self.pair_records))

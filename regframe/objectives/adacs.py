@@ -4,7 +4,9 @@ correspondence in the estimator's data term.
 - Estimator: ``L_de = mean(stopgrad(S) r²) + λ‖∇u‖²``.
 - Scorer (``u`` detached): ``L_s = mean(S r²) + α mean((1−S)²) + β m_T mean(‖∇S‖²)``, with the
   residual momentum ``m_T = γ m_{T−1} + (1−γ) cos(π/2 μ_T)``, ``μ_T = mean(r²)`` clamped to [0, 1],
-  ``m_0 = 0`` (intensities in [0, 1]).
+  ``m_0 = 0`` (intensities in [0, 1]), updated once per training step from the first one: by the
+  estimator's loss in the ``displacement`` stage, by the scorer's loss afterwards, so ``m_T`` is
+  near ``cos(π/2 μ)`` (≈ 1 for small residuals) when scoring starts.
 - Stages (Algorithm 1): ``N_w`` epochs ``displacement`` (estimator only, ``S = 1``), ``N_w`` epochs
   ``scoring`` (scorer only), then ``alternate`` (one estimator and one scorer step per batch).
 """
@@ -53,7 +55,10 @@ class AdaCS(ResidualObjective):
         self.register_buffer("residual_momentum", torch.zeros(()))
 
     def data_term(self, fixed: Tensor, warped: Tensor, r2: Tensor, stage: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """``mean(stopgrad(S) r²)`` in the ``alternate`` stage, ``mean(r²)`` (``S = 1``) before it."""
+        """``mean(stopgrad(S) r²)`` in the ``alternate`` stage, ``mean(r²)`` (``S = 1``) before it; in the
+        ``displacement`` stage (no scorer step) it also updates ``m_T``."""
+        if stage == "displacement":
+            self.update_momentum(r2)
         if stage != "alternate":
             return r2.mean(), {}
         with torch.no_grad():

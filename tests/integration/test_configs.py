@@ -29,6 +29,8 @@ BASES = {  # overlay config (glob, relative to experiments/) -> the configs it i
     "abdomen_cst_cpu.yaml": ["abdomen_cst.yaml"],
     **{f"prostate_us_{baseline}.yaml": ["prostate_us_adacs.yaml"]
        for baseline in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph")},
+    **{f"acdc_{overlay}.yaml": ["acdc_adacs.yaml"]
+       for overlay in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph", "diffusemorph")},
     "backbones/cst_*.yaml": ["abdomen_cst.yaml"],
     "backbones/registration_*.yaml": ["prostate_us_adacs.yaml"],
     "backbones/segmenter_*.yaml": ["prostate_jrss.yaml"],
@@ -56,11 +58,14 @@ def data_classes(paths: list[Path]) -> tuple[str, str | None]:
 
 def data_location(paths: list[Path], tmp_path: Path, paired_root: Path, request: pytest.FixtureRequest) -> dict:
     """The ``data.init_args`` that put a config's data in a test folder (point clouds: the real
-    ``../shared/data/LungCT_L2R`` through the ``shared_data`` fixture, which skips when it is absent)."""
+    ``../shared/data/LungCT_L2R`` through the ``shared_data`` fixture, which skips when it is absent;
+    ACDC: the generated layout of the ``fake_acdc`` fixture)."""
     outer, inner = data_classes(paths)
     leaf = (inner or outer).rpartition(".")[2]
     if leaf == "PointCloudDataModule":
         return {"root": str(request.getfixturevalue("shared_data") / "LungCT_L2R")}
+    if leaf == "ACDCDataModule":
+        return {"root": str(request.getfixturevalue("fake_acdc"))}
     root = {"PairedDataModule": str(paired_root), "PhantomDataModule": str(tmp_path / "phantom")}[leaf]
     return {"volumes": {"init_args": {"root": root}}} if inner else {"root": root}
 

@@ -116,3 +116,21 @@ def test_stages_follow_algorithm_1():
 def test_weight_map_is_the_score():
     maps = AdaCS(FixedScore()).weight_maps(FIXED, WARPED)
     assert list(maps) == ["score"] and torch.equal(maps["score"], SCORE)
+
+
+def test_momentum_moves_from_the_first_displacement_step_once_per_step():
+    """m_T = γ m_{T−1} + (1 − γ) cos(π/2 μ) from step 1: after n steps of constant μ, m_n = (1 − γⁿ) cos(π/2 μ)
+    (the displacement stage updates it in the estimator's loss, later stages in the scorer's loss)."""
+    gamma, mu = 0.9, 0.125
+    objective = AdaCS(FixedScore(), momentum_decay=gamma, warmup_epochs=2)
+    target = math.cos(math.pi / 2 * mu)
+    for _ in range(5):
+        objective(FIXED, WARPED, DISP, "displacement")
+    assert objective.residual_momentum.item() == pytest.approx((1 - gamma ** 5) * target)
+    objective.weight_net_loss(FIXED, WARPED)  # the scoring stage's step
+    objective(FIXED, WARPED, DISP, "alternate")  # alternate: the estimator's loss leaves m_T alone ...
+    objective.weight_net_loss(FIXED, WARPED)  # ... and the scorer's step updates it
+    assert objective.residual_momentum.item() == pytest.approx((1 - gamma ** 7) * target)
+    objective.eval()
+    objective(FIXED, WARPED, DISP, "displacement")  # no update outside training
+    assert objective.residual_momentum.item() == pytest.approx((1 - gamma ** 7) * target)
