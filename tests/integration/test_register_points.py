@@ -65,17 +65,19 @@ def box_mask(offset: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LungCT-style Learn2Reg folder with one pair (images, masks and corresponding keypoints of
-    both scans); returns its ``Synth_dataset.json``."""
+    """A LungCT-style Learn2Reg folder with one pair (images, masks, corresponding keypoints (the blob
+    centres) and landmarks (other points) of both scans); returns its ``Synth_dataset.json``."""
     root = tmp_path_factory.mktemp("synth")
     centres = blob_centres()
     amplitudes = np.random.default_rng(1).uniform(600.0, 1400.0, len(centres))
-    for folder in ("imagesTr", "masksTr", "keypointsTr"):
+    landmarks = np.random.default_rng(2).uniform(BOX[0] + 2, BOX[1] - 2, (12, 3))
+    for folder in ("imagesTr", "masksTr", "keypointsTr", "landmarksTr"):
         (root / folder).mkdir()
     for scan, offset in (("0000", np.zeros(3, int)), ("0001", SHIFT)):
         write_nifti(root / "imagesTr" / f"Synth_0001_{scan}.nii.gz", render(centres + offset, amplitudes), AFFINE)
         write_nifti(root / "masksTr" / f"Synth_0001_{scan}.nii.gz", box_mask(offset), AFFINE)
         np.savetxt(root / "keypointsTr" / f"Synth_0001_{scan}.csv", centres + offset, delimiter=",")
+        np.savetxt(root / "landmarksTr" / f"Synth_0001_{scan}.csv", landmarks + offset, delimiter=",")
     images = [f"./imagesTr/Synth_0001_{scan}.nii.gz" for scan in ("0000", "0001")]
     spec = {"name": "Synth", "training": [{"image": image} for image in images],
             "registration_val": [{"fixed": images[0], "moving": images[1]}]}
@@ -134,9 +136,11 @@ def test_dataset_with_masks_registers_and_evaluates_to_a_small_tre(dataset, poin
         fields.mkdir(exist_ok=True)
         assert main(["evaluate", "--dataset", str(dataset), "--disp-dir", str(fields), "--out",
                      str(tmp_path / f"{name}.json"), *extra]) == 0
-        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["cases"][0]["tre"]
-    assert scores["initial"] == pytest.approx(float(np.linalg.norm(np.array(SPACING) * SHIFT)), abs=1e-4)  # mm
-    assert scores["registered"] < 1e-3  # mm
+        case = json.loads((tmp_path / f"{name}.json").read_text())["cases"][0]
+        scores[name] = (case["tre"], case["tre_landmarks"])  # mm at keypoints, landmarks
+    initial = float(np.linalg.norm(np.array(SPACING) * SHIFT))
+    assert scores["initial"] == pytest.approx((initial, initial), abs=1e-4)
+    assert max(scores["registered"]) < 1e-3
 
 
 def test_cloud_sizes_come_from_the_checkpoint_and_keypoints_are_the_most_distinctive(dataset):
