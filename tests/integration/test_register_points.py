@@ -124,6 +124,12 @@ def test_point_checkpoint_recovers_a_translation(dataset, point_checkpoint, tmp_
     warped = read_image(out / "warped.nii.gz").array
     fixed = read_image(scan(dataset, "imagesTr", 0)).array
     np.testing.assert_allclose(warped[inside.numpy()], fixed[inside.numpy()], atol=0.5)  # HU, float32 warp
+    # regframe apply maps the fixed keypoints onto their moving positions with the written field
+    keypoints = dataset.parent / "keypointsTr"
+    assert main(["apply", str(out / "disp.nii.gz"), "--points", str(keypoints / "Synth_0001_0000.csv"),
+                 "--points-space", "fixed", "--out", str(out / "mapped.csv")]) == 0
+    np.testing.assert_allclose(np.loadtxt(out / "mapped.csv", delimiter=","),
+                               np.loadtxt(keypoints / "Synth_0001_0001.csv", delimiter=","), atol=1e-3)
 
 
 def test_dataset_with_masks_registers_and_evaluates_to_a_small_tre(dataset, point_checkpoint, tmp_path):
