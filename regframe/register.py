@@ -207,8 +207,6 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
     a point method's checkpoint gives a :class:`~regframe.register_points.KeypointRegistration`."""
     if (args.method is None) == (args.checkpoint is None):
         raise RegframeInputError("give exactly one of --method NAME or --checkpoint CKPT")
-    if args.method is not None and (args.fixed_points is not None or args.moving_points is not None):
-        raise RegframeInputError("--fixed-points/--moving-points: only for a point method's --checkpoint")
     prep = Preprocessing()
     if args.method is not None:
         estimator = build_training_free(args.method)
@@ -222,10 +220,10 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
             point_route = keypoint_registration(rebuild_method(args.checkpoint, method), ckpt,
                                                 args.fixed_points, args.moving_points, args.device)
             return point_route, _with_overrides(prep, args)
-        if args.fixed_points is not None or args.moving_points is not None:
-            raise RegframeInputError(f"--fixed-points/--moving-points: {args.checkpoint} is not a point method")
         prep = recorded_preprocessing(args.checkpoint, ckpt)
         estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))
+    if args.fixed_points is not None or args.moving_points is not None:
+        raise RegframeInputError("--fixed-points/--moving-points: only for a point method's --checkpoint")
     if args.affine:
         estimator = AffinePrealigned(estimator)
     return estimator.to(args.device).eval(), _with_overrides(prep, args)
@@ -238,14 +236,6 @@ def _with_overrides(prep: Preprocessing, args: argparse.Namespace) -> Preprocess
     return Preprocessing.from_dict({**prep.to_dict(), **overrides}) if overrides else prep
 
 
-def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
-    """Load a regframe method from a checkpoint written by ``regframe fit`` (``weights_only=True``),
-    with the preprocessing its data module applied (``checkpoint["preprocessing"]``)."""
-    method, ckpt = read_method_checkpoint(path, (base,))
-    preprocessing = recorded_preprocessing(path, ckpt)
-    return rebuild_method(path, method), preprocessing
-
-
 def read_method_checkpoint(path: Path, bases: tuple[type, ...]) -> tuple[type, dict]:
     """The method class a checkpoint records (a subclass of one of ``bases``; ``bases[0]`` when it
     records none) and the checkpoint dict (read ``weights_only``)."""
@@ -255,7 +245,7 @@ def read_method_checkpoint(path: Path, bases: tuple[type, ...]) -> tuple[type, d
 
 
 def rebuild_method(path: Path, method: type) -> torch.nn.Module:
-    """``method`` with the weights of the checkpoint at ``path`` (``weights_only=True``)."""
+    """``method`` with the weights of the checkpoint at ``path`` written by ``regframe fit`` (``weights_only=True``)."""
     try:
         return method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:

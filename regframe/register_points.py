@@ -89,8 +89,8 @@ def recorded_cloud_sizes(checkpoint: dict[str, Any]) -> tuple[int, int]:
 
 def keypoint_registration(model: PointRegistrationModule, checkpoint: dict[str, Any],
                           fixed_points: int | None, moving_points: int | None, device: str) -> KeypointRegistration:
-    """The point route of a point method rebuilt from ``checkpoint``; ``fixed_points`` / ``moving_points`` (``--fixed-points`` /
-    ``--moving-points``) override the recorded cloud sizes."""
+    """The point route of a point method rebuilt from ``checkpoint``; ``fixed_points`` /
+    ``moving_points`` (``--fixed-points`` / ``--moving-points``) override the recorded cloud sizes."""
     fixed_count, moving_count = recorded_cloud_sizes(checkpoint)
     fixed_count = fixed_points if fixed_points is not None else fixed_count
     moving_count = moving_points if moving_points is not None else moving_count
