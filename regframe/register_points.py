@@ -9,6 +9,8 @@ scan, the moving scan already in the fixed orientation: the convention of
 :mod:`regframe.point_clouds`), the method's estimator gives the displacement of every fixed point,
 and the spline of :mod:`regframe.point_fields` (the module's ``spline_smooth_weight``) makes the
 dense backward field in voxels on the fixed grid, the field every other route writes.
+The clouds are in the fixed scan's array axes, and a graph CNN is not rotation invariant: as for
+image checkpoints, give scans whose axis order and directions match the training data (LungCT).
 
 Cloud sizes: the ``fixed_count`` / ``moving_count`` the training data module was configured with
 (``datamodule_hyper_parameters`` in the checkpoint, e.g. 1000 / 2000 for
