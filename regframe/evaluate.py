@@ -4,7 +4,8 @@ For every ``registration_val`` pair the fixed and moving label maps are read, th
 warped with ``DIR/disp_{fixed}_{moving}.nii.gz`` (nearest neighbour; channel-last voxels, the
 Learn2Reg submission format) and scored with :func:`regframe.metrics.pair_metrics` over the labels
 the json lists (``--label-channel`` picks one channel of 4-D label files). Where the subjects have
-keypoints (``keypointsTr/*.csv``, voxels) the TRE in mm is computed too; pairs with keypoints but no
+keypoints (``keypointsTr/*.csv``, voxels) the TRE in mm is computed too (``tre``), and at landmarks
+(``landmarksTr/*.csv``, e.g. LungCT's expert landmarks: ``tre_landmarks``); pairs with points but no
 labels (e.g. LungCT) get TRE and the Jacobian metrics. The result (per-case metrics, label names,
 aggregates) is written as JSON and shown as a table.
 
@@ -38,28 +39,35 @@ def displacement_name(pair: PairEntry) -> str:
     return f"disp_{pair.pair_id}.nii.gz"
 
 
-def _check_pairs(dataset_json: Path, pairs: list[PairEntry]) -> dict[Path, torch.Tensor]:
-    """Check before any scoring that every pair can be scored (labels on both sides, or keypoints
-    on both sides) and read all keypoints: ``{image path: (N, 3) voxel points}`` (keyed by image, not
-    subject id: LungCT's two scans of one patient share the id)."""
-    keypoints: dict[Path, torch.Tensor] = {}
+POINT_SETS = {"keypoints": "tre", "landmarks": "tre_landmarks"}  # SubjectEntry field -> metric (mm)
+
+
+def _check_pairs(dataset_json: Path, pairs: list[PairEntry]) -> dict[str, dict[Path, torch.Tensor]]:
+    """Check before any scoring that every pair can be scored (labels on both sides, or keypoints or
+    landmarks on both sides) and read all point sets: ``{"keypoints" | "landmarks": {image path: (N, 3)
+    voxel points}}`` (keyed by image, not subject id: LungCT's two scans of one patient share the id)."""
+    points: dict[str, dict[Path, torch.Tensor]] = {kind: {} for kind in POINT_SETS}
     for pair in pairs:
         sides = (pair.fixed, pair.moving)
-        if (pair.fixed.keypoints is None) != (pair.moving.keypoints is None):
-            present, absent = sides if pair.fixed.keypoints is not None else sides[::-1]
-            raise RegframeInputError(f"{present.keypoints}: keypoints found, but none for {absent.image} "
-                                     f"(pair {pair.pair_id}); TRE needs both")
-        if pair.fixed.keypoints is not None:
-            for entry in sides:
-                keypoints.setdefault(entry.image, read_keypoints(entry.keypoints))
-            if keypoints[pair.fixed.image].shape != keypoints[pair.moving.image].shape:
-                raise RegframeInputError(
-                    f"{pair.moving.keypoints}: {tuple(keypoints[pair.moving.image].shape)} keypoints do not correspond "
-                    f"to {pair.fixed.keypoints} {tuple(keypoints[pair.fixed.image].shape)}")
-        elif pair.fixed.label is None or pair.moving.label is None:
+        for kind, read in points.items():
+            fixed_file, moving_file = getattr(pair.fixed, kind), getattr(pair.moving, kind)
+            if (fixed_file is None) != (moving_file is None):
+                present, absent = sides if fixed_file is not None else sides[::-1]
+                raise RegframeInputError(f"{getattr(present, kind)}: {kind} found, but none for {absent.image} "
+                                         f"(pair {pair.pair_id}); TRE needs both")
+            if fixed_file is not None:
+                for entry in sides:
+                    read.setdefault(entry.image, read_keypoints(getattr(entry, kind)))
+                if read[pair.fixed.image].shape != read[pair.moving.image].shape:
+                    raise RegframeInputError(
+                        f"{moving_file}: {tuple(read[pair.moving.image].shape)} {kind} do not correspond "
+                        f"to {fixed_file} {tuple(read[pair.fixed.image].shape)}")
+        has_points = any(pair.fixed.image in read for read in points.values())
+        if not has_points and (pair.fixed.label is None or pair.moving.label is None):
             entry = pair.fixed if pair.fixed.label is None else pair.moving
-            raise RegframeInputError(f"{dataset_json}: no label file and no keypoints known for {entry.image}")
-    return keypoints
+            raise RegframeInputError(f"{dataset_json}: no label file and no keypoints or landmarks known for "
+                                     f"{entry.image}")
+    return points
 
 
 def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | Path | None = None,
@@ -73,13 +81,14 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     ``labels`` (all foreground labels when it lists none; ids found in the files but not listed
     are reported in ``unlisted_labels``); ``label_channel`` picks one channel of 4-D label files.
     Subjects with keypoints (``keypointsTr/*.csv``, voxels; fixed ``x``, moving ``y``) give the
-    TRE ``|x + u(x) - y|`` in mm (mean over a pair's points). ``progress`` shows a progress bar
+    TRE ``|x + u(x) - y|`` in mm (mean over a pair's points), landmarks (``landmarksTr/*.csv``) the same
+    as ``tre_landmarks``. ``progress`` shows a progress bar
     (on a terminal only). Returns (and writes to ``out`` atomically, if given)::
 
         {"task", "dataset", "disp_dir", "labels": {id: name}, "unlisted_labels": [id], "hd95": bool,
          "cases": [{"pair", "fixed", "moving", "disp", "missing", "dice", "dice_per_label": {name: Dice},
                     "hd95", "hd95_vox", "hd95_per_label": {name: mm}, "sdlogj_l2r", "sdlogj", "fold_pct",
-                    "tre", "seconds"}, ...],
+                    "tre", "tre_landmarks", "seconds"}, ...],
          "aggregate": {metric: {"mean", "std", "p30", "n"[, "low30_mean"]}}}
 
     Units: Dice in [0, 1], HD95 and TRE in mm (``hd95_vox`` in voxels, as Learn2Reg reports it),
@@ -97,7 +106,8 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     if missing and not allow_missing:
         raise RegframeInputError(f"{missing[0]}: displacement file not found ({len(missing)} of {len(files)} "
                                  "missing; pass --allow-missing to score them as zero fields)")
-    keypoints = _check_pairs(dataset_json, pairs)
+    point_sets = _check_pairs(dataset_json, pairs)
+    keypoints = point_sets["keypoints"]
     volumes: dict[Path, tuple[Volume, torch.Tensor | None]] = {}
     unlisted: set[int] = set()
 
@@ -131,7 +141,12 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
                                    fixed_points=points[0], moving_points=points[1])
         else:
             metrics = jacobian_metrics(disp)
-            metrics["tre"] = tre(points[0], points[1], disp, fixed_volume.spacing).mean().item()
+            if points[0] is not None:
+                metrics["tre"] = tre(points[0], points[1], disp, fixed_volume.spacing).mean().item()
+        landmarks = point_sets["landmarks"]
+        if pair.fixed.image in landmarks:
+            metrics["tre_landmarks"] = tre(landmarks[pair.fixed.image], landmarks[pair.moving.image], disp,
+                                           fixed_volume.spacing).mean().item()
         case = {"pair": pair.pair_id, "fixed": str(pair.fixed.image), "moving": str(pair.moving.image),
                 "disp": str(disp_path), "missing": is_missing}
         for key, value in metrics.items():
@@ -171,9 +186,10 @@ def _cell(value, fmt: str, width: int) -> str:
 
 
 def format_table(result: dict) -> str:
-    """Readable table: one row per pair (Dice, HD95 mm, TRE mm, SDlogJ, SDlogJ L2R, fold %; the metrics
-    computed), then mean/std/p30, and which labels were scored."""
+    """Readable table: one row per pair (Dice, HD95 mm, TRE mm at keypoints and landmarks, SDlogJ,
+    SDlogJ L2R, fold %; the metrics computed), then mean/std/p30, and which labels were scored."""
     columns = [("dice", "dice", ".4f", 7), ("hd95", "hd95 mm", ".2f", 8), ("tre", "tre mm", ".3f", 7),
+               ("tre_landmarks", "tre lm mm", ".3f", 9),
                ("sdlogj", "sdlogj", ".4f", 7), ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("fold_pct", "fold %", ".3f", 7)]
     columns = [c for c in columns if c[0] in result["aggregate"]]
     pair_width = max([10] + [len(c["pair"]) + 1 for c in result["cases"]])

@@ -1,6 +1,7 @@
 """Learn2Reg data-set description: parse any ``{Task}_dataset.json`` (training subjects,
 ``registration_val`` / ``registration_test`` pairs, label names) and read one subject's files
-(image, label, mask ``masksTr/``, keypoints ``keypointsTr/*.csv`` in voxel coordinates).
+(image, label, mask ``masksTr/``, keypoints ``keypointsTr/*.csv`` and landmarks ``landmarksTr/*.csv`` in voxel
+coordinates).
 
 ``load_dataset_json`` reads the json alone (no image is read); ``load_subject`` reads the files of
 one subject into a subject dict (see :mod:`regframe.preprocess`).
@@ -45,6 +46,7 @@ class SubjectEntry:
     label: Path | None = None
     mask: Path | None = None
     keypoints: Path | None = None
+    landmarks: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def _entry(image: Path, label: Path | None) -> SubjectEntry:
         label = _sibling(image, f"labels{tag}")
     return SubjectEntry(
         id=subject_id(image), image=image, label=label,
-        mask=_sibling(image, f"masks{tag}"), keypoints=_sibling(image, f"keypoints{tag}", ".csv"))
+        mask=_sibling(image, f"masks{tag}"), keypoints=_sibling(image, f"keypoints{tag}", ".csv"),
+        landmarks=_sibling(image, f"landmarks{tag}", ".csv"))
 
 
 def load_dataset_json(path: str | Path) -> Learn2RegSpec:

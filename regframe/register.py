@@ -6,6 +6,10 @@ pair, the warped moving image; prints the time per pair. Optional masks restrict
 registration: outside a mask the image is set to its background before estimation. A moving image stored in another axis
 order or direction is reoriented to the fixed image first (:mod:`regframe.orientation`). Every
 option, input file and output name is checked before the first registration starts.
+
+A checkpoint of a point method (:class:`~regframe.methods.points_base.PointRegistrationModule`)
+registers through keypoint clouds detected inside both masks, which it requires
+(:mod:`regframe.register_points`); it writes the same files.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from regframe.learn2reg import load_dataset_json
 from regframe.orientation import Grid, check_pair_grid, reorient_volume
 from regframe.plugins import import_plugins
 from regframe.preprocess import Preprocessing
+from regframe.register_points import KeypointRegistration, check_point_options, keypoint_registration, require_masks
 from regframe.spatial import resize_field, warp
 
 
@@ -58,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, help="added after clamping")
     parser.add_argument("--scale", type=float, help="multiplied after shifting")
     parser.add_argument("--resample-factor", type=float, help="estimate at this resolution factor (e.g. 0.5)")
+    parser.add_argument("--fixed-points", type=int,
+                        help="point checkpoints: fixed keypoints per scan (default: the training data module's "
+                             "fixed_count, else 1000)")
+    parser.add_argument("--moving-points", type=int,
+                        help="point checkpoints: moving keypoints per scan (default: moving_count, else 2000)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -111,6 +121,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise RegframeInputError(f"--scale {args.scale}: must be a non-zero number")
     if args.shift is not None and not math.isfinite(args.shift):
         raise RegframeInputError(f"--shift {args.shift}: must be a finite number")
+    for option, count in (("--fixed-points", args.fixed_points), ("--moving-points", args.moving_points)):
+        if count is not None and count < 1:
+            raise RegframeInputError(f"{option} {count}: must be >= 1")
 
 
 def plan_jobs(args: argparse.Namespace) -> list[PairJob]:
@@ -189,8 +202,9 @@ def check_inputs(jobs: list[PairJob], prep: Preprocessing) -> None:
         check_pair_grid(grids[job.fixed], grids[job.moving])
 
 
-def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator, Preprocessing]:
-    """Build the estimator and its preprocessing from ``--method`` or ``--checkpoint`` (and ``--affine``)."""
+def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | KeypointRegistration, Preprocessing]:
+    """Build the estimator and its preprocessing from ``--method`` or ``--checkpoint`` (and ``--affine``);
+    a point method's checkpoint gives a :class:`~regframe.register_points.KeypointRegistration`."""
     if (args.method is None) == (args.checkpoint is None):
         raise RegframeInputError("give exactly one of --method NAME or --checkpoint CKPT")
     prep = Preprocessing()
@@ -198,44 +212,58 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator, Pre
         estimator = build_training_free(args.method)
     else:
         from regframe.methods.base import RegistrationModule
+        from regframe.methods.points_base import PointRegistrationModule
 
-        model, prep = load_checkpoint(args.checkpoint, RegistrationModule)
-        estimator = CheckpointEstimator(model)
+        method, ckpt = read_method_checkpoint(args.checkpoint, (RegistrationModule, PointRegistrationModule))
+        if issubclass(method, PointRegistrationModule):
+            check_point_options(args, method)
+            point_route = keypoint_registration(rebuild_method(args.checkpoint, method), ckpt,
+                                                args.fixed_points, args.moving_points, args.device)
+            return point_route, _with_overrides(prep, args)
+        prep = recorded_preprocessing(args.checkpoint, ckpt)
+        estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))
+    if args.fixed_points is not None or args.moving_points is not None:
+        raise RegframeInputError("--fixed-points/--moving-points: only for a point method's --checkpoint")
     if args.affine:
         estimator = AffinePrealigned(estimator)
+    return estimator.to(args.device).eval(), _with_overrides(prep, args)
+
+
+def _with_overrides(prep: Preprocessing, args: argparse.Namespace) -> Preprocessing:
+    """``prep`` with the ``--clamp/--shift/--scale/--resample-factor`` given on the command line."""
     overrides = {name: getattr(args, name) for name in ("clamp", "shift", "scale", "resample_factor")
                  if getattr(args, name) is not None}
-    if overrides:
-        prep = Preprocessing.from_dict({**prep.to_dict(), **overrides})
-    return estimator.to(args.device).eval(), prep
+    return Preprocessing.from_dict({**prep.to_dict(), **overrides}) if overrides else prep
 
 
-def load_checkpoint(path: Path, base: type) -> tuple[torch.nn.Module, Preprocessing]:
-    """Load a regframe method from a checkpoint written by ``regframe fit`` (``weights_only=True``),
-    with the preprocessing its data module applied (``checkpoint["preprocessing"]``)."""
+def read_method_checkpoint(path: Path, bases: tuple[type, ...]) -> tuple[type, dict]:
+    """The method class a checkpoint records (a subclass of one of ``bases``; ``bases[0]`` when it
+    records none) and the checkpoint dict (read ``weights_only``)."""
     import_plugins()
     ckpt = read_checkpoint(path)
-    preprocessing = recorded_preprocessing(path, ckpt)
-    method = _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), base)
+    return _recorded_class(path, ckpt["hyper_parameters"].get("_class_path"), bases), ckpt
+
+
+def rebuild_method(path: Path, method: type) -> torch.nn.Module:
+    """``method`` with the weights of the checkpoint at ``path`` written by ``regframe fit`` (``weights_only=True``)."""
     try:
-        model = method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        return method.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RegframeInputError(f"{path}: cannot rebuild the model ({type(err).__name__}: {err})") from err
-    return model, preprocessing
 
 
-def _recorded_class(path: Path, class_path: str | None, base: type) -> type:
+def _recorded_class(path: Path, class_path: str | None, bases: tuple[type, ...]) -> type:
     """The method class a checkpoint was trained with (Lightning rebuilds only the class it is
     called on, so the recorded ``class_path`` must be resolved first)."""
     if class_path is None:
-        return base
+        return bases[0]
     module_name, _, name = class_path.rpartition(".")
     try:
         method = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
         raise RegframeInputError(f"{path}: method class {class_path!r} is not importable ({err})") from err
-    if not (isinstance(method, type) and issubclass(method, base)):
-        raise RegframeInputError(f"{path}: {class_path} is not a {base.__name__}")
+    if not (isinstance(method, type) and issubclass(method, bases)):
+        raise RegframeInputError(f"{path}: {class_path} is not a {' or '.join(b.__name__ for b in bases)}")
     return method
 
 
@@ -284,6 +312,8 @@ def main(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args)
     check_outputs(jobs, args.overwrite)
     estimator, prep = load_estimator(args)
+    if isinstance(estimator, KeypointRegistration):
+        require_masks(jobs, args.checkpoint, dataset=args.dataset is not None)
     check_inputs(jobs, prep)
     times = []
     steps = track(jobs, description="registering", console=Console(stderr=True)) if len(jobs) > 1 else jobs
@@ -292,7 +322,10 @@ def main(args: argparse.Namespace) -> int:
         moving = reorient_volume(read_image(job.moving), fixed.affine, fixed.path)
         fixed_mask = read_mask(job.fixed_mask, fixed) if job.fixed_mask else None
         moving_mask = read_mask(job.moving_mask, moving) if job.moving_mask else None
-        disp, seconds = register_pair(estimator, prep, fixed, moving, args.device, fixed_mask, moving_mask)
+        if isinstance(estimator, KeypointRegistration):
+            disp, seconds = estimator.register(fixed, moving, fixed_mask, moving_mask, prep)
+        else:
+            disp, seconds = register_pair(estimator, prep, fixed, moving, args.device, fixed_mask, moving_mask)
         write_outputs(job, disp, fixed, moving)
         times.append(seconds)
         print(f"{job.disp.name}: {seconds:.2f} s")

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
+from regframe.checkpoint import recorded_preprocessing
 from regframe.cli import main
-from regframe.errors import RegframeInputError
 from regframe.io import read_displacement
 from regframe.methods.base import RegistrationModule
 from regframe.preprocess import Preprocessing
-from regframe.register import load_checkpoint
+from regframe.register import read_method_checkpoint, rebuild_method
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -64,19 +64,24 @@ def test_register_with_checkpoint(trained_checkpoint, tmp_path, capsys):
 
 def test_load_checkpoint_returns_training_preprocessing(trained_checkpoint):
     path, _ = trained_checkpoint
-    model, prep = load_checkpoint(path, RegistrationModule)
+    method, ckpt = read_method_checkpoint(path, (RegistrationModule,))
+    assert isinstance(rebuild_method(path, method), method)
+    prep = recorded_preprocessing(path, ckpt)
     assert prep == Preprocessing((-200.0, 300.0), 0.0, 0.002, 1.0)
     assert prep.image(torch.tensor([[[-1000.0, 0.0, 1000.0]]])).flatten().tolist() == pytest.approx([-0.4, 0.0, 0.6])
 
 
-def test_checkpoint_without_preprocessing_is_an_input_error(trained_checkpoint, tmp_path):
-    path, _ = trained_checkpoint
+def test_checkpoint_without_preprocessing_is_an_input_error(trained_checkpoint, tmp_path, capsys):
+    path, phantom = trained_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     del ckpt["preprocessing"]
     stripped = tmp_path / "stripped.ckpt"
     torch.save(ckpt, stripped)
-    with pytest.raises(RegframeInputError, match="stripped.ckpt: no 'preprocessing' record"):
-        load_checkpoint(stripped, RegistrationModule)
+    images = sorted(next(phantom.rglob("imagesTr")).glob("*.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["register", str(images[0]), str(images[1]), "--out", str(out), "--checkpoint", str(stripped)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stripped.ckpt: no 'preprocessing' record" in err and not out.exists()
 
 
 class _Payload:

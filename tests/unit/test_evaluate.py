@@ -202,6 +202,32 @@ def test_keypoints_without_labels_give_tre_and_jacobian_metrics(tmp_path):
     assert "dice" not in format_table(result).splitlines()[1]
 
 
+def test_landmarks_give_their_own_tre_beside_the_keypoints(tmp_path):
+    """LungCT layout with keypoints and expert landmarks (``landmarksTr``): the field that moves the
+    keypoints exactly leaves the landmarks, which moved differently, at a known distance."""
+    affine = np.diag([1.75, 1.25, 1.75, 1.0])
+    keypoints = np.array([[2.0, 3.0, 4.0], [5.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+    labels = {"0001_0000": subject_labels(1), "0001_0001": subject_labels(2)}
+    path = write_dataset(tmp_path, labels, {}, [("0001_0000", "0001_0001")], label_files=False, affine=affine,
+                         keypoints={"0001_0000": keypoints, "0001_0001": keypoints + [1.0, 0.0, 0.0]})
+    (tmp_path / "landmarksTr").mkdir()
+    landmarks = np.array([[4.0, 4.0, 4.0], [6.0, 2.0, 5.0]])
+    for stem, points in (("Toy_0001_0000", landmarks), ("Toy_0001_0001", landmarks + [1.0, 2.0, 0.0])):
+        np.savetxt(tmp_path / "landmarksTr" / f"{stem}.csv", points, delimiter=",")
+    shift = torch.zeros(3, *SHAPE)
+    shift[0] = 1.0
+    write_displacement(tmp_path / "d" / "disp_0001_0001.nii.gz", shift, affine)
+    case = evaluate_dataset(path, tmp_path / "d")["cases"][0]
+    assert case["tre"] == pytest.approx(0.0, abs=1e-5)
+    assert case["tre_landmarks"] == pytest.approx(2 * 1.25, abs=1e-5)  # 2 voxels along axis 1, in mm
+    initial = evaluate_dataset(path, tmp_path / "none", allow_missing=True)
+    assert initial["cases"][0]["tre_landmarks"] == pytest.approx(np.hypot(1.75, 2 * 1.25), abs=1e-5)
+    assert "tre lm mm" in format_table(initial).splitlines()[1]
+    (tmp_path / "landmarksTr" / "Toy_0001_0001.csv").unlink()
+    with pytest.raises(RegframeInputError, match="Toy_0001_0000.csv: landmarks found, but none for"):
+        evaluate_dataset(path, tmp_path / "d")
+
+
 def test_keypoint_errors_are_named_before_scoring(tmp_path):
     points = np.ones((4, 3))
     labels = {1: subject_labels(1), 2: subject_labels(2)}
