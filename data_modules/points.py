@@ -37,7 +37,9 @@ class PointCloudDataModule(pl.LightningDataModule):
     :class:`regframe.augment.PairAffineAugmentation`). The held-out pair is served without
     augmentation and with the same subsets every time. Cloud sizes are ``fixed_count`` and
     ``moving_count`` (the paper: about 1k and 2k), scaled down together to fit the pair with the
-    fewest keypoints (``disjoint``: fixed + moving rows; else each), so batches stack.
+    fewest keypoints (``disjoint``: fixed + moving rows; else each), so batches stack; the sizes
+    served are recorded as ``served_fixed_count`` / ``served_moving_count`` in the hyperparameters (and
+    so in checkpoints, for ``regframe register``).
 
     Independent subsets (the default) stand for keypoints detected separately on each scan, as the
     paper's Förstner keypoints are: a repeatable detector fires on the same structure in both, so
@@ -104,6 +106,7 @@ class PointCloudDataModule(pl.LightningDataModule):
         self.test_pairs = [p for p in pairs if p.pair_id == self.test_pair_id]
         fewest = min(len(p.fixed_keypoints) for p in pairs)
         fixed, moving = cloud_sizes(fewest, self.fixed_count, self.moving_count, self.disjoint)
+        self.hparams.update(served_fixed_count=fixed, served_moving_count=moving)  # saved in checkpoints
         self.train_sampling = CloudSampling(fixed, moving, self.disjoint, self.augmentation, self.moving_jitter_mm)
         self.test_sampling = CloudSampling(fixed, moving, self.disjoint, None, self.moving_jitter_mm)
 

@@ -12,9 +12,9 @@ dense backward field in voxels on the fixed grid, the field every other route wr
 The clouds are in the fixed scan's array axes, and a graph CNN is not rotation invariant: as for
 image checkpoints, give scans whose axis order and directions match the training data (LungCT).
 
-Cloud sizes: the ``fixed_count`` / ``moving_count`` the training data module was configured with
-(``datamodule_hyper_parameters`` in the checkpoint, e.g. 1000 / 2000 for
-:class:`data_modules.points.PointCloudDataModule`), else :data:`DEFAULT_FIXED_COUNT` /
+Cloud sizes: those the training data module served (``datamodule_hyper_parameters`` in the checkpoint:
+``served_fixed_count`` / ``served_moving_count`` of :class:`data_modules.points.PointCloudDataModule`,
+e.g. 661 / 1322 on LungCT_L2R, or the configured ``fixed_count`` / ``moving_count``), else :data:`DEFAULT_FIXED_COUNT` /
 :data:`DEFAULT_MOVING_COUNT` (the paper's about 1k and 2k); ``--fixed-points`` / ``--moving-points``
 override both.
 """
@@ -84,9 +84,12 @@ class KeypointRegistration:
 
 
 def recorded_cloud_sizes(checkpoint: dict[str, Any]) -> tuple[int, int]:
-    """``(fixed_count, moving_count)`` of the training data module recorded in ``checkpoint``, else the defaults."""
+    """``(fixed_count, moving_count)`` the training data module served (``served_*``, after scaling to its
+    smallest pair), else the ones it was configured with, recorded in ``checkpoint``; else the defaults."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    return (int(data.get("fixed_count", DEFAULT_FIXED_COUNT)), int(data.get("moving_count", DEFAULT_MOVING_COUNT)))
+    fixed = data.get("served_fixed_count", data.get("fixed_count", DEFAULT_FIXED_COUNT))
+    moving = data.get("served_moving_count", data.get("moving_count", DEFAULT_MOVING_COUNT))
+    return int(fixed), int(moving)
 
 
 def keypoint_registration(model: PointRegistrationModule, checkpoint: dict[str, Any],

@@ -152,6 +152,8 @@ def test_dataset_with_masks_registers_and_evaluates_to_a_small_tre(dataset, poin
 def test_cloud_sizes_come_from_the_checkpoint_and_keypoints_are_the_most_distinctive(dataset):
     assert recorded_cloud_sizes({"datamodule_hyper_parameters": {"fixed_count": 50, "moving_count": 100}}) == (50, 100)
     assert recorded_cloud_sizes({}) == (DEFAULT_FIXED_COUNT, DEFAULT_MOVING_COUNT)
+    served = {"fixed_count": 1000, "moving_count": 2000, "served_fixed_count": 661, "served_moving_count": 1322}
+    assert recorded_cloud_sizes({"datamodule_hyper_parameters": served}) == (661, 1322)
     centres = blob_centres()
     amplitudes = np.linspace(500.0, 1500.0, len(centres))  # distinctiveness grows with amplitude squared
     image = write_nifti(dataset.parent / "ranked.nii.gz", render(np.round(centres), amplitudes), AFFINE)

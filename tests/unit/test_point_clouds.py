@@ -222,6 +222,7 @@ def test_real_lung_pairs(shared_data):
     assert pair.grid_shape == (192, 192, 208) and torch.allclose(pair.spacing, torch.tensor(SPACING))
     assert len(pair.fixed_keypoints) == 1566 and len(pair.fixed_landmarks) == 100
     assert (data.train_sampling.fixed_count, data.train_sampling.moving_count) == (661, 1322)  # 1322 rows in 0001
+    assert (data.hparams["served_fixed_count"], data.hparams["served_moving_count"]) == (661, 1322)
     batch = next(iter(data.train_dataloader()))
     assert batch["fixed_points"].shape == (2, 661, 3) and batch["moving_points"].shape == (2, 1322, 3)
     test = next(iter(data.test_dataloader()))
