@@ -77,6 +77,12 @@ def write_fake_acdc_patient(folder: Path, ed: int = 1, es: int = 5, shape=(40, 3
         write_nifti(folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz", label, affine)
 
 
+@pytest.fixture()
+def acdc_patient_writer():
+    """:func:`write_fake_acdc_patient`, for tests that build their own patients."""
+    return write_fake_acdc_patient
+
+
 @pytest.fixture(scope="session")
 def fake_acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ACDC root: ``training/`` with patients 001-004 and ``testing/`` with 101-102."""

@@ -97,9 +97,8 @@ def test_bad_input_is_one_line_naming_the_file(fake_acdc: Path, tmp_path: Path):
         read_patient(root / "training" / "patient003")
 
 
-def test_ed_es_shape_mismatch_is_refused(fake_acdc: Path, tmp_path: Path):
-    from conftest import write_fake_acdc_patient
-
+def test_ed_es_shape_mismatch_is_refused(acdc_patient_writer, tmp_path: Path):
+    write_fake_acdc_patient = acdc_patient_writer
     folder = tmp_path / "patient009"
     write_fake_acdc_patient(folder)
     write_fake_acdc_patient(tmp_path / "other" / "patient009", ed=7, es=5, shape=(40, 30, 4))
