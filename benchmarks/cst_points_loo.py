@@ -1,6 +1,7 @@
 """Leave-one-pair-out keypoint registration on the LungCT_L2R pairs: CST and the CST paper's Table 3
-baselines (metric supervision, synthetic rigid, synthetic random field), the same estimator, steps
-and sampling for all (the shipped ``experiments/lung_*.yaml``).
+baselines (metric supervision, synthetic rigid, synthetic random field, supervision by the training
+pairs' keypoint correspondences), the same estimator, steps and sampling for all (the shipped
+``experiments/lung_*.yaml``).
 
 Each job (method, held-out pair, seed) trains with the shipped config through ``RegframeCLI`` (what
 ``lightning fit --config ...`` runs, W&B off), then tests ``last.ckpt`` on the held-out pair (what
@@ -46,6 +47,7 @@ CONFIGS = {
     "metric": "experiments/lung_points_metric_supervised.yaml",
     "rigid": "experiments/lung_points_synthetic_rigid.yaml",
     "field": "experiments/lung_points_synthetic_field.yaml",
+    "supervised": "experiments/lung_points_keypoint_supervised.yaml",  # upper bound: true keypoint labels
 }
 FOLDS = ("0001", "0002", "0003")
 # λ (mm³) of CST's label smoothing per held-out pair, chosen on the fold's two training pairs by the

@@ -230,3 +230,28 @@ def test_real_lung_pairs(shared_data):
     assert torch.allclose(test["fixed_points_in_moving"][0], truth)
     initial_tre = (test["fixed_landmarks"][0] - test["moving_landmarks"][0]).norm(dim=1).mean()
     assert 1.0 < initial_tre < 40.0  # mm: the pair is not aligned, but not absurdly far apart
+
+
+def test_keypoint_supervision_targets_are_the_true_displacements_under_augmentation(lung_layout):
+    """The loss of an estimator that returns the true (augmented) displacement is zero; the identity's
+    loss is the mean length of those displacements."""
+    from regframe.estimators.points import IdentityPointEstimator, PointDisplacementEstimator
+    from regframe.methods.points_keypoint_supervised import PointKeypointSupervised
+
+    data = PointCloudDataModule(str(lung_layout), test_pair=3, fixed_count=10, moving_count=20, batch_size=2,
+                                sigma_fixed=0.05, sigma_moving_extra=0.05)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    shift_mm = torch.tensor(SHIFT * SPACING, dtype=torch.float64)
+    original = apply_affine(torch.linalg.inv(batch["fixed_affine"].double()), batch["fixed_points"].double())
+    truth = (apply_affine(batch["moving_affine"].double(), original + shift_mm) - batch["fixed_points"]).float()
+
+    class Oracle(PointDisplacementEstimator):
+        def forward(self, fixed_points, moving_points):
+            return truth
+
+    for estimator, expected in ((Oracle(), 0.0), (IdentityPointEstimator(), float(truth.norm(dim=-1).mean()))):
+        model = PointKeypointSupervised(estimator=estimator)
+        model.trainer = type("Trainer", (), {"datamodule": data})()
+        model.log_training_loss = lambda *args, **kwargs: None  # no Lightning trainer to log to
+        assert float(model.training_step(batch, 0)) == pytest.approx(expected, abs=1e-4)
