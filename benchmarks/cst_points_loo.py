@@ -58,15 +58,23 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
 
 
-class ValidationHistory(pl.Callback):
-    """Records ``val/tre_mm`` after every validation, with the epoch."""
+class History(pl.Callback):
+    """Records ``val/tre_mm`` after every validation and the training loss of every epoch (CST: the
+    end-point error to its pseudo labels, ``train/epe_mm``; the others: ``train/loss``), with the epoch."""
 
     def __init__(self) -> None:
         self.history: list[tuple[int, float]] = []
+        self.losses: list[tuple[int, float]] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "val/tre_mm" in trainer.callback_metrics and not trainer.sanity_checking:
             self.history.append((trainer.current_epoch, float(trainer.callback_metrics["val/tre_mm"])))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for key in ("train/epe_mm", "train/loss_epoch"):
+            if key in trainer.callback_metrics:
+                self.losses.append((trainer.current_epoch, float(trainer.callback_metrics[key])))
+                return
 
 
 @torch.no_grad()
@@ -79,7 +87,7 @@ def held_out_tre(estimator: torch.nn.Module, datamodule: Any, spline_smooth_weig
 
 
 def run_job(method: str, fold: str, seed: int, root: str, run_dir: Path) -> dict[str, Any]:
-    history = ValidationHistory()
+    history = History()
     args = ["--config", CONFIGS[method], "--seed_everything", str(seed), "--data.init_args.root", root,
             "--data.init_args.test_pair", fold, "--data.init_args.seed", str(seed), "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -104,6 +112,7 @@ def run_job(method: str, fold: str, seed: int, root: str, run_dir: Path) -> dict
     record["tre_network_mm"] = held_out_tre(network, cli.datamodule, spline)  # without any refinement
     record["tre_smoothed_mm"] = held_out_tre(RefinedPoints(network, 1, smoothing), cli.datamodule, spline)
     record["val_history"] = history.history
+    record["loss_history"] = history.losses
     return record
 
 
