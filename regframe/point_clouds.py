@@ -34,7 +34,7 @@ from regframe.errors import RegframeInputError
 from regframe.io import read_label
 from regframe.learn2reg import read_keypoints, subject_id
 from regframe.orientation import voxel_spacing
-from regframe.points import apply_affine
+from regframe.points import apply_affine, jittered
 
 
 @dataclass(frozen=True)
@@ -227,9 +227,7 @@ def point_pair_item(pair: PointPair, index: int, sampling: CloudSampling, seed: 
         return apply_affine(fixed_affine, voxel_to_mm(points.double(), pair.spacing)).float()
 
     def moving_side(points: Tensor, jitter_mm: float = 0.0) -> Tensor:
-        mm = voxel_to_mm(points.double(), pair.spacing)
-        if jitter_mm:
-            mm = mm + jitter_mm * torch.randn(mm.shape, generator=generator, dtype=mm.dtype)
+        mm = jittered(voxel_to_mm(points.double(), pair.spacing), jitter_mm, generator)
         return apply_affine(moving_affine, mm).float()
 
     item = {

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from regframe.errors import RegframeInputError
+from regframe.points import jittered
 
 KINDS = ("rigid", "field")
 
@@ -120,7 +121,5 @@ def synthetic_pair(source: Tensor, fixed_count: int, deformation: RigidDeformati
     if not disjoint:
         reorder = torch.stack([torch.randperm(count, generator=generator) for _ in range(batch)]).to(source.device)
         moving_source = torch.gather(shuffled, 1, reorder.unsqueeze(-1).expand(-1, -1, 3))
-    moving = moving_source + deformation.displacement(moving_source)
-    if moving_jitter_mm:
-        moving = moving + moving_jitter_mm * torch.randn(moving.shape, generator=generator).to(moving)
+    moving = jittered(moving_source + deformation.displacement(moving_source), moving_jitter_mm, generator)
     return fixed, moving, deformation.displacement(fixed)

@@ -85,3 +85,11 @@ def voxel_to_world(affine: np.ndarray, points: Tensor) -> Tensor:
 def world_to_voxel(affine: np.ndarray, points: Tensor) -> Tensor:
     """Voxel coordinates of world ``points (N, 3)`` (mm) on the grid of ``affine``; float64."""
     return apply_affine(torch.as_tensor(np.linalg.inv(affine), dtype=torch.float64), points.double())
+
+
+def jittered(points: Tensor, sigma_mm: float, generator: torch.Generator | None = None) -> Tensor:
+    """``points (..., 3)`` mm plus Gaussian noise of ``sigma_mm`` per axis (drawn on the CPU in the
+    points' dtype from ``generator``); ``sigma_mm = 0`` returns ``points`` and draws nothing."""
+    if not sigma_mm:
+        return points
+    return points + sigma_mm * torch.randn(points.shape, generator=generator, dtype=points.dtype).to(points.device)

@@ -37,7 +37,7 @@ from regframe.estimators.protocols import trained_network
 from regframe.methods.cyclical import SelfTrainingLoop
 from regframe.methods.points_base import PointRegistrationModule
 from regframe.point_clouds import CloudSampling, PointPair, voxel_to_mm
-from regframe.points import apply_affine
+from regframe.points import apply_affine, jittered
 from regframe.stages import StageLRSchedulerCallable
 
 
@@ -86,9 +86,7 @@ def keypoint_pseudo_labels(estimator: nn.Module, pair: PointPair, sampling: Clou
             others[chunk] = False
         candidates = others.nonzero().squeeze(1)
         moving_rows = candidates[torch.randperm(len(candidates), generator=generator)[:moving_count]]
-        moving = moving_mm[moving_rows]
-        if sampling.moving_jitter_mm:
-            moving = moving + sampling.moving_jitter_mm * torch.randn(moving.shape, generator=generator)
+        moving = jittered(moving_mm[moving_rows], sampling.moving_jitter_mm, generator)
         labels[chunk] = estimator(fixed_mm[chunk][None].to(device), moving[None].to(device))[0].float().cpu()
     return labels
 
