@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
 
 from regframe.estimators.registry import TRAINING_FREE
@@ -43,6 +45,7 @@ from regframe.learn2reg import load_dataset_json
 from regframe.metrics import pair_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "convexAdam (package)"
 
 Method = Callable[[Tensor, Tensor], Tensor]
 
@@ -130,19 +133,40 @@ def _nanmean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-def table(log: Path) -> str:
-    """One table over all rows of the log: mean per (dataset, method)."""
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t interval of paired differences (NaN bounds for fewer than 2)."""
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    return mean, mean - half, mean + half
+
+
+def table(log: Path, reference: str = PACKAGE) -> str:
+    """Mean per (dataset, method) over the logged pairs, median seconds per pair and its ratio to
+    ``reference``; then every method's Dice minus the reference's on the same pairs (95 % t interval)."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         groups[(row["dataset"], row["method"])].append(row)
-    keys = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "fold_pct", "seconds")
-    lines = ["| dataset | method | pairs | Dice | HD95 mm | SDlogJ | SDlogJ (L2R) | fold % | s / pair |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (dataset, method), rows in sorted(groups.items()):
-        mean = {k: _nanmean([r[k] for r in rows]) for k in keys}
-        lines.append(f"| {dataset} | {method} | {len(rows)} | {mean['dice']:.4f} | {mean['hd95']:.2f} | "
-                     f"{mean['sdlogj']:.3f} | {mean['sdlogj_l2r']:.3f} | {mean['fold_pct']:.4f} | {mean['seconds']:.1f} |")
+    keys = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "fold_pct")
+    lines = ["| dataset | method | pairs | Dice | HD95 mm | SDlogJ | SDlogJ (L2R) | fold % | median s / pair | time / package |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, method), group in sorted(groups.items()):
+        mean = {k: _nanmean([r[k] for r in group]) for k in keys}
+        seconds = statistics.median(r["seconds"] for r in group)
+        package = groups.get((dataset, reference))
+        ratio = f"{seconds / statistics.median(r['seconds'] for r in package):.3f}" if package else ""
+        lines.append(f"| {dataset} | {method} | {len(group)} | {mean['dice']:.4f} | {mean['hd95']:.2f} | "
+                     f"{mean['sdlogj']:.3f} | {mean['sdlogj_l2r']:.3f} | {mean['fold_pct']:.4f} | {seconds:.1f} | {ratio} |")
+    lines += ["", f"| dataset | method | pairs | Dice − {reference} | 95 % CI |", "|---|---|---|---|---|"]
+    for (dataset, method), group in sorted(groups.items()):
+        package = {r["pair"]: r["dice"] for r in groups.get((dataset, reference), [])}
+        differences = [r["dice"] - package[r["pair"]] for r in group if r["pair"] in package]
+        if method == reference or not differences:
+            continue
+        mean, low, high = paired_interval(differences)
+        lines.append(f"| {dataset} | {method} | {len(differences)} | {mean:+.4f} | [{low:+.4f}, {high:+.4f}] |")
     return "\n".join(lines)
 
 
@@ -172,7 +196,7 @@ def main() -> None:
         if package is None:
             print("convexAdam package not installed (pip install convexAdam --no-deps): its rows are skipped")
         else:
-            methods["convexAdam (package)"] = package
+            methods[PACKAGE] = package
     for name in args.methods:
         methods[name] = TRAINING_FREE[name]()
     abdomen_methods = dict(methods)

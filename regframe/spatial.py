@@ -69,6 +69,18 @@ def warp(image: Tensor, disp: Tensor, mode: str = "bilinear") -> Tensor:
     return out if floating else out.to(image.dtype)
 
 
+def sample_points(image: Tensor, points: Tensor) -> Tensor:
+    """``image (B, C, *S)`` at ``points (B, P, D)`` (voxel coordinates of its grid): ``(B, C, P)``,
+    with the numerics of :func:`warp` (linear, border values outside); 2D and 3D."""
+    dims = spatial_dims(image)
+    if points.dim() != 3 or points.shape[-1] != dims or points.shape[0] != image.shape[0]:
+        raise ValueError(f"points must be (B, P, {dims}) for image {tuple(image.shape)}, got {tuple(points.shape)}")
+    sizes = torch.tensor([max(n - 1, 1) for n in image.shape[2:]], dtype=points.dtype, device=points.device)
+    grid = (points * 2 / sizes - 1).flip(-1).view(points.shape[0], -1, *([1] * (dims - 1)), dims)
+    sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.flatten(2)
+
+
 def warp_labels(labels: Tensor, disp: Tensor, method: str = "nearest", num_classes: int | None = None) -> Tensor:
     """Warp an integer label map ``(B, 1, *S)`` with ``disp``.
 

@@ -35,6 +35,16 @@ class IOFeatureSource(Protocol):
 
 
 @runtime_checkable
+class FeatureSharingEstimator(Protocol):
+    """An estimator that returns its field together with the features it computed (e.g. the MIND
+    pyramid), so that instance optimisation on the same features need not extract them again."""
+
+    def field_and_features(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Field ``(B, D, *G)`` in voxels of its own grid ``G``, and the features ``(B, C, *G')`` of
+        ``fixed`` and ``moving`` that its ``io_features`` would return."""
+
+
+@runtime_checkable
 class CoarseGridEstimator(Protocol):
     """An estimator that solves on a coarse grid of its own and upsamples (e.g. CST's ``h∘g``)."""
 

@@ -52,12 +52,18 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         recompute_features: at each finer level compute the features of the warped moving image
             (SAMConvex); ``False`` warps the moving features instead (one extraction per image,
             much cheaper for expensive extractors).
+        coarse_composition: (with ``recompute_features=False``) keep the field on the finest level's
+            grid (the features pooled by ``grid_spacing``): the moving features are pooled once and
+            warped there, the steps are composed there, and the field is upsampled to the image grid
+            once at the end. ``False`` warps the full-resolution features and composes on the image
+            grid at every level (several times the memory traffic; slightly different numerics).
     """
 
     def __init__(self, features: nn.Module | None = None, image_resample_factor: float = 1.0, grid_spacing: int = 2,
                  levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3), metric: str = "ssd",
                  box_filters: int = 1, smooth_iters: int = 1, schedule: Sequence[float] = CONVEX_SCHEDULE,
-                 ice: bool = False, slab_size: int | None = 16, recompute_features: bool = True) -> None:
+                 ice: bool = False, slab_size: int | None = 16, recompute_features: bool = True,
+                 coarse_composition: bool = False) -> None:
         super().__init__()
         if len(levels) != len(radii) or not levels:
             raise RegframeInputError(f"levels {tuple(levels)} and radii {tuple(radii)} must be non-empty and of equal length")
@@ -76,7 +82,10 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         self.schedule = tuple(schedule)
         self.ice = ice
         self.slab_size = slab_size
+        if coarse_composition and recompute_features:
+            raise RegframeInputError("coarse_composition needs recompute_features=False (it warps pooled features)")
         self.recompute_features = recompute_features
+        self.coarse_composition = coarse_composition
 
     def extract(self, image: Tensor) -> Tensor:
         """Features of ``image (B, 1, *S)`` pooled to ``image_resample_factor`` (before ``grid_spacing``)."""
@@ -101,12 +110,17 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         return step
 
     @torch.no_grad()
-    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+    def field_and_features(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The field ``(B, D, *G)`` in voxels of its grid ``G`` (the image grid, or with
+        ``coarse_composition`` the finest level's grid) and the features of ``fixed`` and ``moving``
+        (:meth:`extract`), so that instance optimisation reuses them instead of extracting again."""
         if fixed.shape != moving.shape:
             raise RegframeInputError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
-        shape = fixed.shape[2:]
         fixed_feat = self.extract(fixed)
         moving_feat = self.extract(moving)
+        if self.coarse_composition:
+            return self._coarse_field(fixed_feat, moving_feat), fixed_feat, moving_feat
+        shape = fixed.shape[2:]
         disp = fixed.new_zeros(fixed.shape[0], len(shape), *shape)
         for index, (factor, radius) in enumerate(zip(self.levels, self.radii)):
             if index == 0:
@@ -118,7 +132,23 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
             spacing = self.grid_spacing * factor
             step = self._level_step(pool(fixed_feat, spacing), pool(warped_feat, spacing), radius)
             disp = compose(disp, resize_field(step, shape))
+        return disp, fixed_feat, moving_feat
+
+    def _coarse_field(self, fixed_feat: Tensor, moving_feat: Tensor) -> Tensor:
+        """``coarse_composition``: every level on the features pooled by ``grid_spacing`` (grid ``G``);
+        returns the composed field ``(B, D, *G)`` in voxels of ``G``."""
+        fixed_grid, moving_grid = pool(fixed_feat, self.grid_spacing), pool(moving_feat, self.grid_spacing)
+        grid = fixed_grid.shape[2:]
+        disp = fixed_grid.new_zeros(fixed_grid.shape[0], len(grid), *grid)
+        for index, (factor, radius) in enumerate(zip(self.levels, self.radii)):
+            warped = moving_grid if index == 0 else warp(moving_grid, disp)
+            step = self._level_step(pool(fixed_grid, factor), pool(warped, factor), radius)
+            disp = compose(disp, resize_field(step, grid))
         return disp
+
+    def forward(self, fixed: Tensor, moving: Tensor) -> Tensor:
+        """Field ``(B, D, *S)`` in voxels of the image grid ``S``."""
+        return resize_field(self.field_and_features(fixed, moving)[0], fixed.shape[2:])
 
 
 def mind_pyramid(smooth_iters: int = 2) -> CorrelationPyramidEstimator:

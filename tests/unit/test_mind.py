@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from regframe.errors import RegframeInputError
-from regframe.features.mind import MINDSSC, _neighbour_pairs, mind_ssc
+from regframe.features.mind import MINDSSC, _neighbour_pairs, _patch_distances, _patch_distances_reference, mind_ssc
 
 
 def test_neighbour_pairs_are_the_twelve_ssc_pairs_in_3d_and_four_in_2d():
@@ -51,6 +51,19 @@ def test_matches_explicit_formula_at_one_voxel():
     # exp(-ssd / var): the ratio ssd / (-log out) is the same variance for every channel with ssd > 0
     var = ssd[ssd > 0] / ratio[ssd > 0]
     assert torch.allclose(var, var.mean().expand_as(var), rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 20, 18, 22), (2, 1, 13, 17, 15), (1, 1, 25, 30), (1, 1, 7, 8, 9)])
+@pytest.mark.parametrize("radius, dilation", [(1, 2), (2, 2), (0, 3), (2, 3)])
+def test_shifted_copy_patch_distances_equal_the_definition(shape, radius, dilation):
+    """The fast path (6 distinct difference images, border layers from slabs) gives the box-filtered
+    squared differences of every stencil pair exactly as the per-pair definition, borders included;
+    the last shape is too small for the slabs and falls back to the definition."""
+    torch.manual_seed(sum(shape) + radius + dilation)
+    image = 100 * torch.rand(*shape)
+    reference = _patch_distances_reference(image, radius, dilation)
+    torch.testing.assert_close(_patch_distances(image, radius, dilation), reference, rtol=1e-5,
+                               atol=1e-5 * reference.abs().max().item())
 
 
 def test_bad_input_is_reported():

@@ -47,6 +47,42 @@ def test_pyramid_in_2d_with_ice_and_adam(blob_volume):
     assert after < 0.5 * before
 
 
+@pytest.mark.parametrize("shift", [(3, 0, -2), (-3, 2, 1)])
+def test_coarse_composition_recovers_a_translation(blob_volume, shift):
+    """Composing on the finest level's grid (features pooled once, upsampled once) recovers the same
+    known translation as composing on the image grid."""
+    moving = torch.roll(blob_volume, shifts=shift, dims=(2, 3, 4))
+    settings = dict(features=MINDSSC(1, 1), grid_spacing=2, levels=(2, 1), radii=(2, 2), smooth_iters=1,
+                    recompute_features=False)
+    coarse = CorrelationPyramidEstimator(coarse_composition=True, **settings)
+    field, fixed_feat, moving_feat = coarse.field_and_features(blob_volume, moving)
+    assert field.shape == (1, 3, 10, 12, 11)
+    torch.testing.assert_close(fixed_feat, coarse.extract(blob_volume), atol=0, rtol=0)
+    disp = coarse(blob_volume, moving)
+    assert disp.shape == (1, 3, 20, 24, 22)
+    mean = _interior(disp).mean(dim=(2, 3, 4))[0]
+    assert torch.allclose(mean, torch.tensor(shift, dtype=torch.float32), atol=0.75)
+    with pytest.raises(RegframeInputError, match="coarse_composition"):
+        CorrelationPyramidEstimator(coarse_composition=True)
+
+
+class CountingMIND(MINDSSC):
+    calls = 0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        CountingMIND.calls += 1
+        return super().forward(image)
+
+
+def test_refined_pyramid_extracts_features_once_per_image(blob_volume):
+    """A feature-sharing estimator gives Refined its features: two extractions per pair, not four."""
+    moving = torch.roll(blob_volume, shifts=(2, -1, 1), dims=(2, 3, 4))
+    pyramid = CorrelationPyramidEstimator(features=CountingMIND(1, 1), grid_spacing=2, levels=(1,), radii=(2,))
+    CountingMIND.calls = 0
+    Refined(pyramid, InstanceOptimisation(grid_spacing=2, iterations=2))(blob_volume, moving)
+    assert CountingMIND.calls == 2
+
+
 def test_neg_dot_metric_with_an_injected_feature_module(blob_volume):
     """Any module (B,1,*S)->(B,C,*S') works; a stride-2 extractor gives a field at the image size."""
     features = torch.nn.Sequential(MINDSSC(1, 1), torch.nn.AvgPool3d(2))

@@ -147,3 +147,34 @@ def test_defaults_run_the_kernel_on_the_raw_features():
 def test_bad_feature_and_smoothing_options_name_the_option(option, value):
     with pytest.raises(RegframeInputError, match=option):
         InstanceOptimisation(**{option: value})
+
+
+@pytest.mark.parametrize("data_term", ["ssd", "neg_cos"])
+def test_data_mask_of_every_voxel_gives_the_unmasked_result(data_term):
+    fixed, moving = smooth_features((10, 12, 9), 4, 3), smooth_features((10, 12, 9), 4, 4)
+    disp = torch.zeros(2, 3, 20, 24, 18)
+    fixed, moving = fixed.expand(2, -1, -1, -1, -1), moving.expand(2, -1, -1, -1, -1)
+    everywhere = torch.ones(10, 12, 9, dtype=torch.bool)
+    plain = adam_instance_optimisation(disp, fixed, moving, iterations=4, data_term=data_term)
+    masked = adam_instance_optimisation(disp, fixed, moving, iterations=4, data_term=data_term, data_mask=everywhere)
+    torch.testing.assert_close(masked, plain, atol=1e-6, rtol=1e-5)
+    assert plain.abs().max() > 0.1
+
+
+def test_foreground_mask_skips_only_uniform_background():
+    """A blob on a uniform background, moved by one voxel: the data term is constant where both images
+    are background, so restricting it to the dilated foreground leaves the optimised field unchanged."""
+    image = torch.zeros(1, 1, 24, 24, 24)
+    image[:, :, 8:16, 9:15, 7:17] = torch.rand(8, 6, 10, generator=torch.Generator().manual_seed(0)) + 1
+    moving = torch.roll(image, 1, dims=2)
+    io = InstanceOptimisation(grid_spacing=1, iterations=5, smooth_weight=0.1, foreground_threshold=0.05,
+                              foreground_margin=3)
+    mask = io.data_mask(image, (24, 24, 24))
+    assert mask.sum() == 14 * 12 * 16  # the 8×6×10 blob grown by 3 voxels per side
+    disp = torch.zeros(1, 3, 24, 24, 24)
+    masked = io(disp, image, moving, image)
+    plain = InstanceOptimisation(grid_spacing=1, iterations=5, smooth_weight=0.1)(disp, image, moving)
+    torch.testing.assert_close(masked, plain, atol=1e-6, rtol=1e-5)
+    assert masked[0, 0, 10:14, 10:14, 10:14].mean() > 0.05  # it moved towards the shift
+    with pytest.raises(RegframeInputError, match="needs the fixed image"):
+        io(disp, image, moving)
