@@ -153,10 +153,10 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
 
 def mind_pyramid(smooth_iters: int = 2) -> CorrelationPyramidEstimator:
     """CPU-fast pyramid on MIND-SSC (ConvexAdam's r 1, d 2 on the full-resolution image, extracted
-    once per image; finer levels warp the moving features). Levels on grids of 8, 4 and 2 image
-    voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 = 34 voxels per axis), SSD cost
-    box-filtered twice, ``smooth_iters`` box filters per convex round. The registry's
-    ``pyramid_mind`` adds 20 Adam IO iterations on the 2-voxel grid around it."""
+    once per image; the field is composed on the finest level's grid, see ``coarse_composition``).
+    Levels on grids of 8, 4 and 2 image voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 =
+    34 voxels per axis), SSD cost box-filtered twice, ``smooth_iters`` box filters per convex round.
+    The registry's ``pyramid_mind`` adds 20 Adam IO iterations on the 2-voxel grid around it."""
     return CorrelationPyramidEstimator(
         features=MINDSSC(radius=1, dilation=2), grid_spacing=2, levels=(4, 2, 1), radii=(3, 2, 1), metric="ssd",
-        box_filters=2, smooth_iters=smooth_iters, recompute_features=False)
+        box_filters=2, smooth_iters=smooth_iters, recompute_features=False, coarse_composition=True)

@@ -29,7 +29,10 @@ def _pyramid_mind() -> DisplacementEstimator:
     from regframe.estimators.refine import Refined
     from regframe.optim.instance import InstanceOptimisation
 
-    return Refined(mind_pyramid(), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25))
+    # Adam settings chosen on 7 training pairs of AbdomenCTCT_synth (benchmarks/training_free_results.md)
+    return Refined(mind_pyramid(), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25,
+                                                        foreground_threshold=0.05, foreground_margin=2,
+                                                        final_smoothing=1, final_smoothing_kernel=3))
 
 
 def _pyramid_mind_fast() -> DisplacementEstimator:

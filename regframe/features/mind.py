@@ -118,12 +118,12 @@ def mind_ssc(image: Tensor, radius: int = 2, dilation: int = 2) -> Tensor:
         raise RegframeInputError(f"mind_ssc expects a (B, 1, *S) 2D or 3D image, got shape {tuple(image.shape)}")
     if radius < 0 or dilation < 1:
         raise RegframeInputError(f"mind_ssc needs radius >= 0 and dilation >= 1, got {radius}, {dilation}")
-    ssd = _patch_distances(image.float(), radius, dilation)
-    ssd = ssd - ssd.min(dim=1, keepdim=True).values
+    ssd = _patch_distances(image.float(), radius, dilation)  # a fresh tensor: updated in place below
+    ssd -= ssd.min(dim=1, keepdim=True).values
     variance = ssd.mean(dim=1, keepdim=True)
     global_mean = variance.mean().item()
     variance = variance.clamp(global_mean * 0.001, global_mean * 1000).clamp_min(1e-12)
-    return torch.exp(-ssd / variance)
+    return ssd.div_(variance).neg_().exp_()
 
 
 class MINDSSC(nn.Module):

@@ -64,14 +64,16 @@ def hard_coupled_convex(cost: Tensor, offsets: Tensor,
     """
     offsets = _check(cost, offsets)
     step = slab_size or cost.shape[2]
+    last = cost.movedim(1, -1)  # (B, *S, L): the arg-min runs over contiguous labels
+    norms = offsets.pow(2).sum(1)  # |d_l|²; |ubar|² is the same for every label and is left out
 
     def search(ubar: Tensor | None, weight: float) -> Tensor:
         parts = []
         for start in range(0, cost.shape[2], step):
-            c = cost[:, :, start:start + step]
+            c = last[:, start:start + step].contiguous()
             if ubar is not None:
-                c = c + weight * _coupling(offsets, ubar[:, :, start:start + step])
-            parts.append(offsets[c.argmin(dim=1)].movedim(-1, 1))
+                c += weight * (norms - 2 * ubar[:, :, start:start + step].movedim(1, -1) @ offsets.T)
+            parts.append(offsets[c.argmin(dim=-1)].movedim(-1, 1))
         return torch.cat(parts, dim=2)
 
     ubar = box_filter(search(None, 0.0), smooth_iters)

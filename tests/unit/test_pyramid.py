@@ -123,6 +123,8 @@ def test_registry_has_the_training_free_methods():
     assert isinstance(convex, Refined) and convex.io.iterations == 80 and convex.estimator.levels == (1,)
     with_io = build_training_free("pyramid_mind")
     assert isinstance(with_io, Refined) and with_io.io.iterations == 20 and with_io.io.grid_spacing == 2
+    assert with_io.io.foreground_threshold == 0.05 and with_io.io.final_smoothing == 1
+    assert mind_pyramid().coarse_composition
     assert isinstance(build_training_free("pyramid_mind_fast"), CorrelationPyramidEstimator)
     assert mind_pyramid().levels == (4, 2, 1)
 
