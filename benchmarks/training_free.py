@@ -25,6 +25,7 @@ Example (full run, results appended to a JSON-lines log, table printed at the en
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -81,11 +82,24 @@ def embedding_method(checkpoint: Path) -> Method:
     return lambda fixed, moving: estimator(prep.intensity(fixed), prep.intensity(moving))
 
 
-def abdomen_pairs(root: Path, limit: int | None) -> list[dict]:
+# Pairs of training subjects (0001-0010, 0027-0030) on which settings are chosen; never registration_val.
+TRAINING_PAIRS = (("0001", "0002"), ("0003", "0004"), ("0005", "0006"), ("0007", "0008"), ("0009", "0010"),
+                  ("0027", "0028"), ("0029", "0030"))
+
+
+def abdomen_pairs(root: Path, limit: int | None, split: str = "registration_val") -> list[dict]:
+    """The ``registration_val`` pairs (reported), or with ``split="training"`` the
+    :data:`TRAINING_PAIRS` (for choosing settings; dataset name ``abdomen_training``)."""
     spec = load_dataset_json(root / "AbdomenCTCT_synth" / "AbdomenCTCT_dataset.json")
-    return [{"dataset": "abdomen", "id": f"{pair.fixed.id}<-{pair.moving.id}", "fixed": pair.fixed.image,
-             "moving": pair.moving.image, "fixed_label": pair.fixed.label, "moving_label": pair.moving.label,
-             "labels": None} for pair in spec.registration_val[:limit]]
+    if split == "training":
+        subjects = {entry.id: entry for entry in spec.training}
+        chosen = [(subjects[fixed], subjects[moving]) for fixed, moving in TRAINING_PAIRS]
+    else:
+        chosen = [(pair.fixed, pair.moving) for pair in spec.registration_val]
+    dataset = "abdomen" if split == "registration_val" else "abdomen_training"
+    return [{"dataset": dataset, "id": f"{fixed.id}<-{moving.id}", "fixed": fixed.image, "moving": moving.image,
+             "fixed_label": fixed.label, "moving_label": moving.label, "labels": None}
+            for fixed, moving in chosen[:limit]]
 
 
 def brain_pair(root: Path) -> list[dict]:
@@ -96,14 +110,35 @@ def brain_pair(root: Path) -> list[dict]:
              "moving_label": folder / "subject_b_aseg.nii.gz", "labels": labels}]
 
 
+def prostate_pairs(root: Path, count: int) -> list[dict]:
+    """Inter-patient MR–MR pairs of ``prostate_mr_us``, scored by the Dice of the prostate gland
+    (label channel 0). Several cases are the same patient's MR (near-identical images, identical
+    gland labels: 80 cases, 56 distinct labels), so cases are first grouped by their gland label and
+    only the first case of each group is used; consecutive ones form the pairs."""
+    folder = root / "prostate_mr_us"
+    first_of_patient: dict[bytes, str] = {}
+    for path in sorted((folder / "moving_labels").glob("*.nii.gz")):
+        gland = np.asarray(read_label(path, 0).array, dtype=np.uint8)
+        first_of_patient.setdefault(hashlib.sha1(gland.tobytes()).digest(), path.name.removesuffix(".nii.gz"))
+    cases = sorted(first_of_patient.values())
+    pairs = []
+    for fixed, moving in list(zip(cases[0::2], cases[1::2]))[:count]:
+        pairs.append({"dataset": "prostate_mr", "id": f"{fixed}<-{moving}", "labels": [1], "label_channel": 0,
+                      **{f"{role}{suffix}": folder / f"moving_{kind}" / f"{case}.nii.gz"
+                         for role, case in (("fixed", fixed), ("moving", moving))
+                         for suffix, kind in (("", "images"), ("_label", "labels"))}})
+    return pairs
+
+
 def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
     done = logged_rows(log)
     methods = {name: method for name, method in methods.items() if (pair["dataset"], pair["id"], name) not in done}
     if not methods:
         return
     fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
-    fixed_label = torch.as_tensor(np.asarray(read_label(pair["fixed_label"]).array)).long()
-    moving_label = torch.as_tensor(np.asarray(read_label(pair["moving_label"]).array)).long()
+    channel = pair.get("label_channel")
+    fixed_label = torch.as_tensor(np.asarray(read_label(pair["fixed_label"], channel).array)).long()
+    moving_label = torch.as_tensor(np.asarray(read_label(pair["moving_label"], channel).array)).long()
     f = torch.as_tensor(np.asarray(fixed.array), dtype=torch.float32)[None, None]
     m = torch.as_tensor(np.asarray(moving.array), dtype=torch.float32)[None, None]
     for name, method in methods.items():
@@ -176,8 +211,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["pyramid_mind", "pyramid_mind_fast"],
                         help=f"regframe methods from the registry ({', '.join(sorted(TRAINING_FREE))})")
     parser.add_argument("--pairs", type=int, default=None, help="first N abdomen pairs (default all 15)")
+    parser.add_argument("--split", choices=("registration_val", "training"), default="registration_val",
+                        help="abdomen pairs: the 15 reported ones, or 7 pairs of training subjects for tuning")
     parser.add_argument("--skip-package", action="store_true", help="leave out the published convexAdam package")
     parser.add_argument("--no-brain", action="store_true", help="leave out the brain pair")
+    parser.add_argument("--no-abdomen", action="store_true", help="leave out the abdomen pairs")
+    parser.add_argument("--prostate", type=int, default=0,
+                        help="also the first N inter-patient prostate MR-MR pairs (gland Dice)")
     parser.add_argument("--embedding-checkpoint", type=Path, default=None,
                         help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' (abdomen only)")
     parser.add_argument("--threads", type=int, default=2)
@@ -206,8 +246,10 @@ def main() -> None:
     if not args.no_brain:
         for pair in brain_pair(root):
             evaluate(pair, methods, args.log)
-    for pair in abdomen_pairs(root, args.pairs):
+    for pair in [] if args.no_abdomen else abdomen_pairs(root, args.pairs, args.split):
         evaluate(pair, abdomen_methods, args.log)
+    for pair in prostate_pairs(root, args.prostate):
+        evaluate(pair, methods, args.log)
     print(table(args.log))
 
 
