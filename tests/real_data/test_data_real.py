@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data_modules.learn2reg import Learn2RegDataModule
-from data_modules.paired import PairedDataModule
+from data_modules.paired import PairedDataModule, label_patients
 from regframe.learn2reg import load_dataset_json
 
 pytestmark = pytest.mark.real_data
@@ -66,14 +66,22 @@ def test_prostate_fixed_moving_and_inter_patient():
     _need(PROSTATE)
     dm = PairedDataModule(str(PROSTATE), pair_kind="fixed-moving", split=(3, 2, 1))
     dm.setup()
-    assert len(dm.train_pairs) == 3 and len(dm.val_pairs) == 2 and len(dm.test_pairs) == 1
+    # whole patients per part (cases with the same MR gland label): a part may hold one extra case
+    assert len(dm.val_pairs) >= 2 and len(dm.test_pairs) >= 1 and len(dm.train_pairs) >= 1
+    assert len(dm.train_pairs) + len(dm.val_pairs) + len(dm.test_pairs) <= 6 + 2  # at most 3 cases a patient
+    patients = label_patients({case: PROSTATE / "moving_labels" / f"{case}.nii.gz" for part in dm.splits.values()
+                               for case in part}, 0)
+    owners = {name: {patients[case] for case in part} for name, part in dm.splits.items()}
+    assert not (owners["train"] & owners["val"] or owners["train"] & owners["test"] or owners["val"] & owners["test"])
     val = list(dm.val_dataloader())
     assert val[0]["fixed"].shape == val[0]["moving"].shape == (1, 1, 47, 63, 44)
     assert float(val[0]["fixed"].max()) <= 1.0
     assert set(val[0]["fixed_label"].unique().tolist()) == {0, 1}
-    assert sum(_mean_dice(b["fixed_label"], b["moving_label"]) for b in val) / 2 > 0.2  # centred MR on US overlaps
+    assert sum(_mean_dice(b["fixed_label"], b["moving_label"]) for b in val) / len(val) > 0.2  # centred MR on US overlaps
 
     dm = PairedDataModule(str(PROSTATE), pair_kind="fixed-fixed", split=(3, 2, 0))
     dm.setup()
-    assert len(dm.train_pairs) == 3 and len(dm.val_pairs) == 1
+    n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])  # whole patients: may exceed 3 and 2
+    assert n_train >= 3 and n_val >= 2
+    assert len(dm.train_pairs) == n_train * (n_train - 1) // 2 and len(dm.val_pairs) == n_val * (n_val - 1) // 2
     assert dm.train_subjects[0]["image"].shape == (1, 47, 63, 44) and dm.train_subjects[0]["label"] is not None

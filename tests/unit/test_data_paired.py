@@ -16,9 +16,10 @@ FIXED, MOVING = (6, 7, 5), (8, 9, 7)
 AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
 
 
-def _write_layout(root: Path, cases: int = 6) -> Path:
+def _write_layout(root: Path, cases: int = 6, same_patient: dict[int, int] | None = None) -> Path:
     """Case k: fixed = k (uint8 constant), moving = 10*k + a centred 6x7x5 block of 200; labels with
-    1-3 channels, channel 0 = a block of ones."""
+    1-3 channels, channel 0 = a block of ones (moving labels: plus voxel (7, k, 0), so every case is
+    its own patient unless ``same_patient`` maps it to another case's label)."""
     for k in range(cases):
         name = f"obs{k:03d}.nii.gz"
         write_nifti(root / "fixed_images" / name, np.full(FIXED, k, np.uint8), AFFINE)
@@ -30,6 +31,8 @@ def _write_layout(root: Path, cases: int = 6) -> Path:
             label = np.zeros((*shape, channels), np.float64)
             label[1:4, 1:4, 1:4, 0] = 1.0
             label[..., 1:] = 0.0
+            if side == "moving":
+                label[7, (same_patient or {}).get(k, k), 0, 0] = 1.0
             write_nifti(root / f"{side}_labels" / name, label, AFFINE)
     return root
 
@@ -49,6 +52,37 @@ def test_split_counts_fractions_and_seed():
     assert [len(v) for v in split_cases(cases, (0.5, 0.2, 0.0), 0).values()] == [5, 2, 0]
     with pytest.raises(RegframeInputError, match="split"):
         split_cases(cases, (8, 2, 2), 0)
+
+
+def test_split_keeps_the_cases_of_a_patient_together():
+    cases = [f"c{i}" for i in range(12)]
+    patients = {case: f"p{i // 3}" for i, case in enumerate(cases)}  # 4 patients of 3 cases
+    for seed in range(5):
+        parts = split_cases(cases, (6, 3, 3), seed, patients)
+        assert sorted(sum(parts.values(), [])) == sorted(cases)
+        assert [len(parts[p]) for p in ("train", "val", "test")] == [6, 3, 3]
+        owners = {patients[c]: name for name, part in parts.items() for c in part}
+        assert all(owners[patients[c]] == name for name, part in parts.items() for c in part)
+    uneven = {case: ("p0" if i < 2 else case) for i, case in enumerate(cases)}  # c0, c1 one patient
+    for seed in range(10):
+        parts = split_cases(cases, (8, 2, 2), seed, uneven)
+        assert len({name for name, part in parts.items() for c in part if c in ("c0", "c1")}) == 1
+        assert sum(len(v) for v in parts.values()) == 12 and len(parts["val"]) >= 2 and len(parts["test"]) >= 2
+
+
+def test_cases_with_the_same_moving_label_stay_in_one_part(tmp_path: Path):
+    """Cases 1 and 4 hold the same MR gland label (one patient): never split across parts."""
+    root = _write_layout(tmp_path, cases=6, same_patient={4: 1})
+    for seed in range(6):
+        dm = PairedDataModule(str(root), pair_kind="fixed-moving", split=(4, 1, 1), seed=seed)
+        dm.setup()
+        assert len({name for name, part in dm.splits.items() if {"obs001", "obs004"} & set(part)}) == 1
+    plain = [PairedDataModule(str(root), pair_kind="fixed-moving", split=(4, 1, 1), seed=seed, group_patients=False)
+             for seed in range(6)]
+    for dm in plain:
+        dm.setup()
+    assert any(len({name for name, part in dm.splits.items() if {"obs001", "obs004"} & set(part)}) == 2
+               for dm in plain)
 
 
 def test_fixed_moving_pairs_share_the_fixed_grid(layout: Path):
