@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_modules.paired import label_patients
 from regframe.estimators.unet_regressor import UNetRegressor, default_unet
 from regframe.io import read_image, read_label
 from regframe.losses import diffusion
@@ -99,7 +100,8 @@ def reduced_shape(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
 
 
 def load_cases(factor: float, norm: str = "scale") -> list[dict]:
-    """All US volumes (``normalise(·, norm)``) with the gland label, at full and at reduced resolution."""
+    """All US volumes (``normalise(·, norm)``) with the gland label, at full and at reduced resolution,
+    and each case's patient key (:func:`data_modules.paired.label_patients` of its MR gland label)."""
     cases = []
     for path in sorted((DATA / "fixed_images").glob("*.nii.gz")):
         image = read_image(path)
@@ -108,19 +110,37 @@ def load_cases(factor: float, norm: str = "scale") -> list[dict]:
         small = reduced_shape(full.shape[2:], factor)
         cases.append({"id": path.name.split(".")[0], "full": full, "small": resize_image(full, small),
                       "label": torch.as_tensor(label.array)[None, None], "spacing": image.spacing})
+    patients = label_patients({case["id"]: DATA / "moving_labels" / f"{case['id']}.nii.gz" for case in cases}, 0)
+    for case in cases:  # one patient: the same MR gland label (near-identical MR and TRUS)
+        case["patient"] = patients[case["id"]]
     return cases
 
 
 def split(cases: list[dict], test_cases: int, val_cases: int = 0,
           seed: int = 0) -> tuple[list[dict], list[tuple[dict, dict]], list[tuple[dict, dict]]]:
-    """Held-out split by case (fixed seed, the same for every run): training cases, validation pairs
-    and test pairs (consecutive disjoint pairs of the held-out cases). The test cases are the same
-    for every ``val_cases``; validation cases come out of the training cases."""
-    order = list(range(len(cases)))
+    """Held-out split by patient (fixed seed, the same for every run): training cases, validation pairs
+    and test pairs (consecutive disjoint pairs of the held-out cases, interleaved so that the two cases of a pair
+    are different patients where the part allows). A case's ``"patient"`` key (the
+    case itself when absent) keeps one patient's cases in one part; whole patients fill the test part
+    until it has ``test_cases`` cases, then validation until ``val_cases`` (either can exceed its
+    count by the other cases of its last patient). The test cases are the same for every
+    ``val_cases``; validation cases come out of the training cases."""
+    groups: dict[object, list[dict]] = {}
+    for case in cases:
+        groups.setdefault(case.get("patient", case["id"]), []).append(case)
+    order = sorted(groups, key=str)
     random.Random(seed).shuffle(order)
-    test = [cases[i] for i in order[:test_cases]]
-    val = [cases[i] for i in order[test_cases:test_cases + val_cases]]
-    train = [cases[i] for i in order[test_cases + val_cases:]]
+    parts: dict[str, list[list[dict]]] = {"test": [], "val": [], "train": []}
+    for key in order:
+        count = {name: sum(len(g) for g in chosen) for name, chosen in parts.items()}
+        name = "test" if count["test"] < test_cases else "val" if count["val"] < val_cases else "train"
+        parts[name].append(groups[key])
+
+    def interleaved(chosen: list[list[dict]]) -> list[dict]:
+        """First cases of every patient, then second cases, ...: consecutive cases differ in patient."""
+        return [group[i] for i in range(max(map(len, chosen), default=0)) for group in chosen if i < len(group)]
+
+    test, val, train = (interleaved(parts[name]) for name in ("test", "val", "train"))
 
     def pairs(group: list[dict]) -> list[tuple[dict, dict]]:
         return [(group[i], group[i + 1]) for i in range(0, len(group) - 1, 2)]

@@ -264,3 +264,15 @@ def test_benchmark_synthetic_pair_is_seeded_and_warps_label_with_the_stored_fiel
     assert not clean["shadow"].any()
     assert torch.equal(bench.random_field((20, 24, 18), torch.Generator().manual_seed(1)),
                        bench.random_field((20, 24, 18), torch.Generator().manual_seed(1)))
+
+
+def test_benchmark_split_keeps_the_cases_of_a_patient_together():
+    bench = _benchmark()
+    cases = [{"id": i, "patient": i // 2} for i in range(30)]  # 15 patients of 2 cases
+    for seed in range(5):
+        train, val, test = bench.split(cases, test_cases=6, val_cases=4, seed=seed)
+        parts = [{c["patient"] for c in train}, {c["patient"] for pair in val for c in pair},
+                 {c["patient"] for pair in test for c in pair}]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert len(test) == 3 and len(val) == 2 and len(train) == 20
+        assert all(a["patient"] != b["patient"] for a, b in test + val)  # pairs are inter-patient
