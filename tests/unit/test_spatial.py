@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from regframe.spatial import (affine_to_field, compose, identity_grid, jacobian_determinant,
+from regframe.spatial import (affine_to_field, compose, identity_grid, jacobian_determinant, sample_points,
                               normalized_to_voxel_affine, resize_field, warp, warp_labels)
 
 
@@ -154,3 +154,21 @@ def test_warp_same_shape_on_gpu_then_cpu():
     image, disp = torch.rand(1, 1, 6, 7, 8), torch.randn(1, 3, 6, 7, 8)
     on_gpu = warp(image.cuda(), disp.cuda()).cpu()
     torch.testing.assert_close(warp(image, disp), on_gpu)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_sample_points_at_every_voxel_equals_warp(dims):
+    """Sampling at x + u(x) for every voxel x gives the warped image, border values outside included;
+    a point on a voxel centre returns that voxel."""
+    torch.manual_seed(dims)
+    shape = (7, 6, 5)[:dims]
+    image = torch.rand(2, 3, *shape)
+    disp = 2.5 * torch.randn(2, dims, *shape)
+    points = (identity_grid(shape) + disp).flatten(2).transpose(1, 2)
+    sampled = sample_points(image, points)
+    torch.testing.assert_close(sampled, warp(image, disp).flatten(2))
+    centre = torch.tensor([[[1.0, 2.0, 3.0][:dims]]]).expand(2, 1, dims)
+    voxel = (slice(None), slice(None), 1, 2, 3)[:dims + 2]
+    torch.testing.assert_close(sample_points(image, centre)[:, :, 0], image[voxel])
+    with pytest.raises(ValueError, match="points must be"):
+        sample_points(image, points[..., :1])
