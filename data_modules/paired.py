@@ -23,11 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.base import CommonOrientation, RegistrationDataModule, enumerate_pairs, require_path
-from regframe.learn2reg import label_ids
-from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
+from data_modules.base import (
+    CommonOrientation,
+    RegistrationDataModule,
+    enumerate_pairs,
+    require_path,
+)
 from regframe.errors import RegframeInputError
 from regframe.io import FORMATS, check_same_grid, image_stem, read_image, read_label
+from regframe.learn2reg import label_ids
+from regframe.preprocess import Preprocessing, pad_crop_subject, resize_subject
 
 PAIR_KINDS = ("fixed-moving", "fixed-fixed", "moving-moving")
 RESIZE_MODES = ("pad_crop", "resample")

@@ -5,8 +5,17 @@ import math
 import pytest
 import torch
 
-from regframe.spatial import (affine_to_field, compose, identity_grid, jacobian_determinant, sample_points,
-                              normalized_to_voxel_affine, resize_field, warp, warp_labels)
+from regframe.spatial import (
+    affine_to_field,
+    compose,
+    identity_grid,
+    jacobian_determinant,
+    normalized_to_voxel_affine,
+    resize_field,
+    sample_points,
+    warp,
+    warp_labels,
+)
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (7, 8, 9)])
