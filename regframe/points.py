@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from regframe.spatial import sample_points
 
 
 def sample_field(disp: Tensor, points: Tensor) -> Tensor:
@@ -25,11 +26,7 @@ def sample_field(disp: Tensor, points: Tensor) -> Tensor:
         raise ValueError(f"displacement must be (D, *S) with D spatial dims, got {tuple(disp.shape)}")
     if points.dim() != 2 or points.shape[1] != dims:
         raise ValueError(f"points must be (N, {dims}), got {tuple(points.shape)}")
-    size = torch.tensor(disp.shape[1:], dtype=disp.dtype, device=disp.device)
-    normalised = 2.0 * points.to(disp) / (size - 1).clamp_min(1) - 1.0  # align_corners=True: voxel i -> -1 + 2i/(n-1)
-    grid = normalised.flip(-1).view(1, -1, *([1] * (dims - 1)), dims)  # grid_sample wants the last axis first
-    sampled = F.grid_sample(disp[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return sampled.reshape(dims, -1).T
+    return sample_points(disp[None], points.to(disp)[None])[0].T
 
 
 def fixed_to_moving(disp: Tensor, points: Tensor) -> Tensor:

@@ -44,6 +44,13 @@ def _check_field(image: Tensor, disp: Tensor) -> None:
         raise ValueError(f"image grid {tuple(image.shape[2:])} differs from displacement grid {tuple(disp.shape[2:])}")
 
 
+def _sampling_grid(positions: Tensor, shape: Sequence[int]) -> Tensor:
+    """Voxel positions ``(..., D)`` on a grid of ``shape`` as ``grid_sample`` coordinates
+    (``align_corners=True``: voxel ``i`` -> ``-1 + 2i / (n - 1)``, a singleton axis -> -1; last axis first)."""
+    sizes = torch.tensor([max(n - 1, 1) for n in shape], dtype=positions.dtype, device=positions.device)
+    return (positions * 2 / sizes - 1).flip(-1)
+
+
 def warp(image: Tensor, disp: Tensor, mode: str = "bilinear") -> Tensor:
     """Warp ``image (B, C, *S)`` with ``disp (B, D, *S)`` (voxels): ``out(x) = image(x + disp(x))``.
 
@@ -61,10 +68,8 @@ def warp(image: Tensor, disp: Tensor, mode: str = "bilinear") -> Tensor:
         raise ValueError(f"warp supports 2-D and 3-D data, got {dims}-D")
     shape = tuple(disp.shape[2:])
     grid = _cached_identity_grid(shape, disp.device, disp.dtype) + disp  # (B, D, *S) voxel positions
-    sizes = torch.tensor([max(n - 1, 1) for n in shape], dtype=disp.dtype, device=disp.device)
-    grid = grid.movedim(1, -1) * 2 / sizes - 1  # [-1, 1] per axis; a singleton axis maps to -1
     floating = image.is_floating_point()
-    out = F.grid_sample(image if floating else image.to(disp.dtype), grid.flip(-1),  # grid_sample wants (x, y[, z])
+    out = F.grid_sample(image if floating else image.to(disp.dtype), _sampling_grid(grid.movedim(1, -1), shape),
                         mode=mode, padding_mode="border", align_corners=True)
     return out if floating else out.to(image.dtype)
 
@@ -75,8 +80,7 @@ def sample_points(image: Tensor, points: Tensor) -> Tensor:
     dims = spatial_dims(image)
     if points.dim() != 3 or points.shape[-1] != dims or points.shape[0] != image.shape[0]:
         raise ValueError(f"points must be (B, P, {dims}) for image {tuple(image.shape)}, got {tuple(points.shape)}")
-    sizes = torch.tensor([max(n - 1, 1) for n in image.shape[2:]], dtype=points.dtype, device=points.device)
-    grid = (points * 2 / sizes - 1).flip(-1).view(points.shape[0], -1, *([1] * (dims - 1)), dims)
+    grid = _sampling_grid(points, image.shape[2:]).view(points.shape[0], -1, *([1] * (dims - 1)), dims)
     sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled.flatten(2)
 

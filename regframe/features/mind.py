@@ -31,11 +31,10 @@ def _neighbour_pairs(dims: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]
             if sum((x - y) ** 2 for x, y in zip(a, b)) == 2]
 
 
-def _shifted(padded: Tensor, offset: tuple[int, ...], pad: int, shape: tuple[int, ...]) -> Tensor:
-    """View of ``padded`` (padded by ``pad`` on every side) so that ``out(x) = image(x + offset)``."""
-    index = [slice(None), slice(None)]
-    index += [slice(pad + o, pad + o + n) for o, n in zip(offset, shape)]
-    return padded[tuple(index)]
+def _window(x: Tensor, start: tuple[int, ...], size: tuple[int, ...]) -> Tensor:
+    """View of ``x (B, C, *S)`` of spatial ``size`` starting at index ``start``: of an image padded
+    by ``p``, ``start = p + offset`` gives ``out(x) = image(x + offset)``."""
+    return x[(slice(None), slice(None)) + tuple(slice(s, s + n) for s, n in zip(start, size))]
 
 
 def _replicate_pad(x: Tensor, pad: int) -> Tensor:
@@ -54,15 +53,11 @@ def _patch_distances_reference(image: Tensor, radius: int, dilation: int) -> Ten
     shape = tuple(image.shape[2:])
     padded = _replicate_pad(image, dilation)
     ssd = torch.cat([
-        (_shifted(padded, tuple(dilation * o for o in a), dilation, shape)
-         - _shifted(padded, tuple(dilation * o for o in b), dilation, shape)) ** 2
+        (_window(padded, tuple(dilation + dilation * o for o in a), shape)
+         - _window(padded, tuple(dilation + dilation * o for o in b), shape)) ** 2
         for a, b in _neighbour_pairs(image.dim() - 2)
     ], dim=1)
     return _box_mean(ssd, radius)
-
-
-def _window(x: Tensor, start: tuple[int, ...], size: tuple[int, ...]) -> Tensor:
-    return x[(slice(None), slice(None)) + tuple(slice(s, s + n) for s, n in zip(start, size))]
 
 
 def _patch_distances(image: Tensor, radius: int, dilation: int) -> Tensor:
