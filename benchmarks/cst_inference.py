@@ -22,11 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from training_free import (  # sibling script
     PACKAGE,
     abdomen_pairs,
+    load_pair,
     paired_interval,
     published_convex_adam,
     shared_data,
@@ -34,7 +34,6 @@ from training_free import (  # sibling script
 
 from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.protocols import trained_network
-from regframe.io import read_image, read_label
 from regframe.methods.cyclical import CyclicalSelfTraining, _reinitialise
 from regframe.metrics import pair_metrics
 from regframe.optim.instance import InstanceOptimisation
@@ -67,9 +66,7 @@ def main() -> None:
     args.log.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for pair in abdomen_pairs(shared_data(), args.pairs):
-        fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
-        labels = [torch.as_tensor(np.asarray(read_label(pair[key]).array)).long() for key in ("fixed_label", "moving_label")]
-        f, m = (torch.as_tensor(np.asarray(image.array), dtype=torch.float32)[None, None] for image in (fixed, moving))
+        fixed, f, m, *labels = load_pair(pair)
         for name, method in methods.items():
             start = time.perf_counter()
             disp = method(f, m)  # no outer no_grad: the package's Adam needs autograd

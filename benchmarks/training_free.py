@@ -25,7 +25,6 @@ Example (full run, results appended to a JSON-lines log, table printed at the en
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -40,8 +39,9 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from data_modules.paired import label_patients
 from regframe.estimators.registry import TRAINING_FREE
-from regframe.io import read_image, read_label
+from regframe.io import Volume, read_image, read_label
 from regframe.learn2reg import load_dataset_json
 from regframe.metrics import pair_metrics
 
@@ -116,10 +116,10 @@ def prostate_pairs(root: Path, count: int) -> list[dict]:
     gland labels: 80 cases, 56 distinct labels), so cases are first grouped by their gland label and
     only the first case of each group is used; consecutive ones form the pairs."""
     folder = root / "prostate_mr_us"
-    first_of_patient: dict[bytes, str] = {}
-    for path in sorted((folder / "moving_labels").glob("*.nii.gz")):
-        gland = np.asarray(read_label(path, 0).array, dtype=np.uint8)
-        first_of_patient.setdefault(hashlib.sha1(gland.tobytes()).digest(), path.name.removesuffix(".nii.gz"))
+    labels = {path.name.removesuffix(".nii.gz"): path for path in sorted((folder / "moving_labels").glob("*.nii.gz"))}
+    first_of_patient: dict[str, str] = {}
+    for case, patient in label_patients(labels, 0).items():
+        first_of_patient.setdefault(patient, case)
     cases = sorted(first_of_patient.values())
     pairs = []
     for fixed, moving in list(zip(cases[0::2], cases[1::2]))[:count]:
@@ -130,17 +130,23 @@ def prostate_pairs(root: Path, count: int) -> list[dict]:
     return pairs
 
 
+def load_pair(pair: dict) -> tuple[Volume, Tensor, Tensor, Tensor, Tensor]:
+    """The fixed volume (for its spacing), the fixed and moving images ``(1, 1, *S)`` float32 and the
+    label maps ``(*S)`` int64 (``label_channel`` of the pair for multi-channel files) of one pair row."""
+    fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
+    channel = pair.get("label_channel")
+    fixed_label, moving_label = (torch.as_tensor(np.asarray(read_label(pair[key], channel).array)).long()
+                                 for key in ("fixed_label", "moving_label"))
+    f, m = (torch.as_tensor(np.asarray(image.array), dtype=torch.float32)[None, None] for image in (fixed, moving))
+    return fixed, f, m, fixed_label, moving_label
+
+
 def evaluate(pair: dict, methods: dict[str, Method], log: Path) -> None:
     done = logged_rows(log)
     methods = {name: method for name, method in methods.items() if (pair["dataset"], pair["id"], name) not in done}
     if not methods:
         return
-    fixed, moving = read_image(pair["fixed"]), read_image(pair["moving"])
-    channel = pair.get("label_channel")
-    fixed_label = torch.as_tensor(np.asarray(read_label(pair["fixed_label"], channel).array)).long()
-    moving_label = torch.as_tensor(np.asarray(read_label(pair["moving_label"], channel).array)).long()
-    f = torch.as_tensor(np.asarray(fixed.array), dtype=torch.float32)[None, None]
-    m = torch.as_tensor(np.asarray(moving.array), dtype=torch.float32)[None, None]
+    fixed, f, m, fixed_label, moving_label = load_pair(pair)
     for name, method in methods.items():
         start = time.perf_counter()
         disp = method(f, m)  # no outer no_grad: the Adam stages need autograd
