@@ -134,3 +134,39 @@ def test_momentum_moves_from_the_first_displacement_step_once_per_step():
     objective.eval()
     objective(FIXED, WARPED, DISP, "displacement")  # no update outside training
     assert objective.residual_momentum.item() == pytest.approx((1 - gamma ** 7) * target)
+
+
+# ---------------------------------------------------------------- learning
+def occluded_pair(generator: torch.Generator, size: int = 32, side: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    """A target with a bright square occluder the source lacks: ``(target, warped source, occluder mask)``,
+    each ``(1, 1, size, size)``; elsewhere both show the same smooth texture in [0, 0.5] up to small noise."""
+    texture = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, generator=generator), size=(size, size),
+                                              mode="bilinear", align_corners=True) * 0.5
+    y, x = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=generator))
+    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    mask[..., y:y + side, x:x + side] = True
+    target = torch.where(mask, torch.ones(()), texture) + 0.01 * torch.randn(texture.shape, generator=generator)
+    warped = texture + 0.01 * torch.randn(texture.shape, generator=generator)
+    return target, warped, mask
+
+
+def test_scorer_learns_to_score_down_an_occluder_visible_in_the_target_and_nothing_else():
+    """Trained on pairs whose target shows a square occluder at random places, the scorer (it sees the
+    target only) gives a new pair's occluder a low score and the rest a high one, as the per-voxel
+    optimum 1 − r²/(2α) clipped to [0, 1] says (r² ≈ 0.25–1 inside: S* = 0; r² ≈ 2e-4 outside: S* ≈ 1)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    objective = AdaCS(spatial_dims=2, score_reg_weight=0.02, score_tv_weight=0.1)
+    opt = torch.optim.Adam(objective.parameters(), lr=3e-3)
+    for _ in range(150):
+        target, warped, _ = (torch.cat(t) for t in zip(*(occluded_pair(generator) for _ in range(4))))
+        loss, _ = objective.weight_net_loss(target, warped)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    target, _, mask = occluded_pair(torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        score = objective.weight_net(target)
+    away = ~torch.nn.functional.max_pool2d(mask.float(), 7, stride=1, padding=3).bool()  # > 3 px from it
+    assert score[mask].mean() < 0.2
+    assert score[away].mean() > 0.8 and score[away].min() > 0.5

@@ -1,0 +1,201 @@
+"""AdaCS and its baselines on ACDC with the paper's protocol, through the shipped configs.
+
+Each run is ``regframe fit --config experiments/acdc_adacs.yaml [--config experiments/acdc_<objective>.yaml]
+[--config experiments/acdc_<architecture>.yaml] --seed_everything SEED``: exactly the shipped CPU
+configuration, the training seed the only change (the patient split stays the data module's seed 0,
+so every run is scored on the same validation pairs). The run's own per-pair validation records
+(``val_pairs.jsonl``, :mod:`regframe.pair_records`) are read at its last validation; one JSON line per
+run (objective, architecture, seed, run folder, wall time) goes to ``--manifest``.
+
+``--identity`` records the unregistered pairs the same way (zero displacement), ``--table`` prints:
+mean ± sd over seeds of the per-run means (Dice, HD and ASD in pixels and mm, SDlogJ, folding), and
+per architecture the paired t-test (``scipy.stats.ttest_rel``, two-sided) of AdaCS against the
+other objective with the highest mean Dice, over the validation pairs (each pair's Dice averaged over
+seeds; pairs whose Dice is undefined in any run are left out and counted).
+
+    OMP_NUM_THREADS=1 python benchmarks/adacs_acdc.py --seeds 0 1 2 &   # one worker per core: each
+    OMP_NUM_THREADS=1 python benchmarks/adacs_acdc.py --seeds 0 1 2     # claims the next unclaimed run
+    python benchmarks/adacs_acdc.py --identity
+    python benchmarks/adacs_acdc.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import ttest_rel
+
+from regframe.pair_records import read_pair_records, records_filename
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", ROOT / ".." / "shared" / "data")) / "ACDC"
+OBJECTIVES = ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "adacs")
+ARCHITECTURES = ("voxelmorph", "transmorph", "diffusemorph")
+METRICS = ("dice", "hd", "asd", "hd_mm", "asd_mm", "sdlogj", "fold_pct")
+IDENTITY = "identity"
+
+
+def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_dir: Path) -> list[str]:
+    """``regframe fit`` arguments of one run: the shipped configs, the seed, the data root, the run folder."""
+    configs = [EXPERIMENTS / "acdc_adacs.yaml"]
+    if objective != "adacs":
+        configs.append(EXPERIMENTS / f"acdc_{objective}.yaml")
+    if architecture != "voxelmorph":
+        configs.append(EXPERIMENTS / f"acdc_{architecture}.yaml")
+    return ["fit", *itertools.chain.from_iterable(("--config", str(c)) for c in configs),
+            "--seed_everything", str(seed), "--data.init_args.root", str(root),
+            "--trainer.logger.init_args.save_dir", str(run_dir),
+            "--trainer.logger.init_args.name", run_dir.name, "--trainer.enable_progress_bar", "false"]
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    """Train the (seed, architecture, objective) runs in that order, each claimed by creating its run
+    folder, so that several workers share the list; a run whose folder exists is skipped (delete the
+    folder of a failed run to repeat it)."""
+    for seed, architecture, objective in itertools.product(args.seeds, args.architectures, args.objectives):
+        run_dir = args.out_dir / f"{architecture}_{objective}_s{seed}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        command = [sys.executable, "-m", "regframe", *fit_arguments(objective, architecture, seed, args.root, run_dir)]
+        start = time.perf_counter()
+        with (args.out_dir / f"{run_dir.name}.log").open("w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        row = {"architecture": architecture, "objective": objective, "seed": seed, "run_dir": str(run_dir),
+               "train_s": round(time.perf_counter() - start, 1), "returncode": code,
+               "threads": os.environ.get("OMP_NUM_THREADS")}
+        with args.manifest.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+def record_identity(args: argparse.Namespace) -> None:
+    """Per-pair metrics of the unregistered validation pairs (zero displacement), as run records."""
+    import torch
+
+    from data_modules.acdc import ACDCDataModule
+    from regframe.metrics import pair_metrics
+
+    data = ACDCDataModule(root=str(args.root))
+    data.setup("fit")
+    run_dir = args.out_dir / IDENTITY
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for batch in data.val_dataloader():
+        for i in range(batch["fixed"].shape[0]):
+            disp = torch.zeros(1, 2, *batch["fixed"].shape[2:])
+            m = pair_metrics(batch["fixed_label"][i:i + 1], batch["moving_label"][i:i + 1], disp,
+                             batch["spacing"][i].tolist(), labels=[2], hd95=False, surface_distances=True)
+            record = {"step": 0, "epoch": 0, "pair_id": batch["pair_id"][i], "dice": m["dice"],
+                      "sdlogj": m["sdlogj_l2r"], "fold_pct": m["fold_pct"], "dice_per_organ": {},
+                      **{key: m[key] for key in ("hd", "asd", "hd_mm", "asd_mm")}}
+            lines.append(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                     for k, v in record.items()}))
+    (run_dir / records_filename("val")).write_text("\n".join(lines) + "\n")
+    with args.manifest.open("a") as handle:
+        handle.write(json.dumps({"architecture": IDENTITY, "objective": IDENTITY, "seed": 0,
+                                 "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0}) + "\n")
+    print(f"{len(lines)} validation pairs recorded in {run_dir}")
+
+
+def last_validation(run_dir: Path) -> dict[str, dict]:
+    """The per-pair records of the run's last validation, by pair id."""
+    paths = sorted(run_dir.rglob(records_filename("val")))
+    if len(paths) != 1:
+        raise SystemExit(f"{run_dir}: expected one {records_filename('val')}, found {len(paths)}")
+    records = read_pair_records(paths[0])
+    last = max(r["step"] for r in records)
+    return {r["pair_id"]: r for r in records if r["step"] == last}
+
+
+def finite_mean(values) -> float:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(kept) if kept else math.nan
+
+
+def summary(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(manifest: Path) -> None:
+    """Markdown tables of the runs in ``manifest`` (the last row of a repeated run wins)."""
+    rows = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row["returncode"] == 0:
+                rows[(row["architecture"], row["objective"], row["seed"])] = row
+    pairs = {key: last_validation(Path(row["run_dir"])) for key, row in rows.items()}
+    groups: dict[tuple[str, str], list[tuple[int, dict, dict]]] = {}
+    for (architecture, objective, seed), records in sorted(pairs.items()):
+        groups.setdefault((architecture, objective), []).append((seed, records, rows[(architecture, objective, seed)]))
+    print("| architecture | objective | seeds | pairs | " + " | ".join(METRICS) + " | train min (median) |")
+    print("|---" * (len(METRICS) + 5) + "|")
+    for (architecture, objective), runs in groups.items():
+        cells = [summary([finite_mean(r[m] for r in records.values()) for _, records, _ in runs]) for m in METRICS]
+        minutes = statistics.median(row["train_s"] for _, _, row in runs) / 60
+        print(f"| {architecture} | {objective} | {len(runs)} | {len(runs[0][1])} | " + " | ".join(cells)
+              + f" | {minutes:.1f} |")
+    print()
+    print("| architecture | AdaCS − best other (Dice) | other | mean difference | 95 % CI | t | p | pairs (left out) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for architecture in sorted({a for a, _ in groups if a != IDENTITY}):
+        means = {obj: statistics.fmean(finite_mean(r["dice"] for r in rec.values()) for _, rec, _ in runs)
+                 for (a, obj), runs in groups.items() if a == architecture}
+        others = {obj: value for obj, value in means.items() if obj != "adacs"}
+        if "adacs" not in means or not others:
+            continue
+        best = max(others, key=others.get)
+        adacs, other = (pair_dice(groups[(architecture, obj)]) for obj in ("adacs", best))
+        common = sorted(set(adacs) & set(other))
+        kept = [p for p in common if math.isfinite(adacs[p]) and math.isfinite(other[p])]
+        diff = np.array([adacs[p] - other[p] for p in kept])
+        test = ttest_rel([adacs[p] for p in kept], [other[p] for p in kept])
+        low, high = test.confidence_interval(0.95)
+        print(f"| {architecture} | adacs − {best} | {best} | {diff.mean():+.4f} | [{low:+.4f}, {high:+.4f}] | "
+              f"{test.statistic:.2f} | {test.pvalue:.3g} | {len(kept)} ({len(common) - len(kept)}) |")
+
+
+def pair_dice(runs: list[tuple[int, dict, dict]]) -> dict[str, float]:
+    """Each pair's Dice averaged over the runs (seeds); NaN where any run's Dice is undefined."""
+    ids = set.intersection(*(set(records) for _, records, _ in runs))
+    return {p: statistics.fmean(records[p]["dice"] for _, records, _ in runs) for p in ids}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=DATA, help="ACDC folder holding training/")
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--architectures", nargs="+", default=["voxelmorph"], choices=ARCHITECTURES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "acdc")
+    parser.add_argument("--manifest", type=Path, default=None, help="default OUT_DIR/manifest.jsonl")
+    parser.add_argument("--identity", action="store_true", help="record the unregistered validation pairs")
+    parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs")
+    args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args.manifest = args.manifest or args.out_dir / "manifest.jsonl"
+    if args.table:
+        table(args.manifest)
+    elif args.identity:
+        record_identity(args)
+    else:
+        run_jobs(args)
+
+
+if __name__ == "__main__":
+    main()
