@@ -40,7 +40,7 @@ from regframe.pair_records import read_pair_records, records_filename
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 DATA = Path(os.environ.get("REGFRAME_SHARED_DATA", ROOT / ".." / "shared" / "data")) / "ACDC"
-OBJECTIVES = ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "adacs")
+OBJECTIVES = ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "adacs", "adareg_source")
 ARCHITECTURES = ("voxelmorph", "transmorph", "diffusemorph")
 METRICS = ("dice", "hd", "asd", "hd_mm", "asd_mm", "sdlogj", "fold_pct")
 IDENTITY = "identity"

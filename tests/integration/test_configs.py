@@ -30,7 +30,8 @@ BASES = {  # overlay config (glob, relative to experiments/) -> the configs it i
     **{f"prostate_us_{baseline}.yaml": ["prostate_us_adacs.yaml"]
        for baseline in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph")},
     **{f"acdc_{overlay}.yaml": ["acdc_adacs.yaml"]
-       for overlay in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph", "diffusemorph")},
+       for overlay in ("vanilla", "nll", "beta_nll", "adareg", "adareg_source", "adaframe", "transmorph",
+                       "diffusemorph")},
     "backbones/cst_*.yaml": ["abdomen_cst.yaml"],
     "backbones/registration_*.yaml": ["prostate_us_adacs.yaml"],
     "backbones/segmenter_*.yaml": ["prostate_jrss.yaml"],

@@ -1,4 +1,4 @@
-"""AdaReg: weight ``exp(−c|r|/mean|r|)`` on the smoothness term, a constant for the gradient."""
+"""AdaReg: weight ``exp(−c|r|/mean|r|)`` (or ``exp(−c|r|·mean|r|)``) on the smoothness term, a constant for the gradient."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def test_weight_is_exp_of_minus_c_times_relative_residual():
     torch.testing.assert_close(weight, expected)
     ramp = AdaReg().weight(torch.linspace(0, 0.1, 64).view(1, 1, 8, 8)).flatten()
     assert ramp[0] == pytest.approx(1.0) and torch.all(ramp.diff() <= 0)
+
+
+def test_source_code_variant_multiplies_local_and_mean_residual():
+    weight = AdaReg(c=2.0, residual_scaling="product").weight((FIXED - WARPED) ** 2)
+    expected = torch.exp(-2.0 * 0.15 * torch.tensor([[0.0, 0.1], [0.2, 0.3]]))[None, None]
+    torch.testing.assert_close(weight, expected)
+    # c = 50 on residuals of images in [0, 1]: the paper's ratio leaves almost no smoothing, the product almost all
+    r2 = torch.full((1, 1, 4, 4), 0.05**2)
+    assert AdaReg().weight(r2).max() < 1e-20
+    assert AdaReg(residual_scaling="product").weight(r2).min() > 0.88
+    with pytest.raises(ValueError, match="residual_scaling"):
+        AdaReg(residual_scaling="sum")
 
 
 def test_loss_weights_each_forward_difference_by_the_squared_weight_at_its_start():
