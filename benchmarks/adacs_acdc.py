@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from scipy.stats import ttest_rel
 
 from regframe.pair_records import read_pair_records, records_filename
@@ -131,46 +130,67 @@ def summary(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(manifest: Path) -> None:
-    """Markdown tables of the runs in ``manifest`` (the last row of a repeated run wins)."""
+Group = list[tuple[int, dict, dict]]  # (seed, {pair id: record at the last validation}, manifest row) per run
+
+
+def load_groups(manifest: Path) -> dict[tuple[str, str], Group]:
+    """The successful runs of ``manifest`` (the last row of a repeated run wins) by (architecture, objective)."""
     rows = {}
     for line in manifest.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
             if row["returncode"] == 0:
                 rows[(row["architecture"], row["objective"], row["seed"])] = row
-    pairs = {key: last_validation(Path(row["run_dir"])) for key, row in rows.items()}
-    groups: dict[tuple[str, str], list[tuple[int, dict, dict]]] = {}
-    for (architecture, objective, seed), records in sorted(pairs.items()):
-        groups.setdefault((architecture, objective), []).append((seed, records, rows[(architecture, objective, seed)]))
+    groups: dict[tuple[str, str], Group] = {}
+    for (architecture, objective, seed), row in sorted(rows.items()):
+        groups.setdefault((architecture, objective), []).append((seed, last_validation(Path(row["run_dir"])), row))
+    return groups
+
+
+def run_mean(records: dict, metric: str) -> float:
+    return finite_mean(r.get(metric, math.nan) for r in records.values())
+
+
+def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict | None:
+    """AdaCS against the other objective of ``architecture`` with the highest mean Dice: paired t-test over
+    the validation pairs of each pair's Dice averaged over seeds (pairs undefined in a run left out)."""
+    means = {obj: statistics.fmean(run_mean(records, "dice") for _, records, _ in runs)
+             for (arch, obj), runs in groups.items() if arch == architecture}
+    others = {obj: value for obj, value in means.items() if obj != "adacs"}
+    if "adacs" not in means or not others:
+        return None
+    best = max(others, key=others.get)
+    adacs, other = (pair_dice(groups[(architecture, obj)]) for obj in ("adacs", best))
+    common = sorted(set(adacs) & set(other))
+    kept = [p for p in common if math.isfinite(adacs[p]) and math.isfinite(other[p])]
+    test = ttest_rel([adacs[p] for p in kept], [other[p] for p in kept])
+    low, high = test.confidence_interval(0.95)
+    return {"other": best, "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
+            "high": high, "t": float(test.statistic), "p": float(test.pvalue), "pairs": len(kept),
+            "left_out": len(common) - len(kept)}
+
+
+def table(manifest: Path) -> None:
+    """Markdown tables of the runs in ``manifest``."""
+    groups = load_groups(manifest)
     print("| architecture | objective | seeds | pairs | " + " | ".join(METRICS) + " | train min (median) |")
     print("|---" * (len(METRICS) + 5) + "|")
     for (architecture, objective), runs in groups.items():
-        cells = [summary([finite_mean(r[m] for r in records.values()) for _, records, _ in runs]) for m in METRICS]
+        cells = [summary([run_mean(records, m) for _, records, _ in runs]) for m in METRICS]
         minutes = statistics.median(row["train_s"] for _, _, row in runs) / 60
         print(f"| {architecture} | {objective} | {len(runs)} | {len(runs[0][1])} | " + " | ".join(cells)
               + f" | {minutes:.1f} |")
     print()
-    print("| architecture | AdaCS − best other (Dice) | other | mean difference | 95 % CI | t | p | pairs (left out) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| architecture | AdaCS − best other objective (Dice) | mean difference | 95 % CI | t | p | pairs (left out) |")
+    print("|---|---|---|---|---|---|---|")
     for architecture in sorted({a for a, _ in groups if a != IDENTITY}):
-        means = {obj: statistics.fmean(finite_mean(r["dice"] for r in rec.values()) for _, rec, _ in runs)
-                 for (a, obj), runs in groups.items() if a == architecture}
-        others = {obj: value for obj, value in means.items() if obj != "adacs"}
-        if "adacs" not in means or not others:
-            continue
-        best = max(others, key=others.get)
-        adacs, other = (pair_dice(groups[(architecture, obj)]) for obj in ("adacs", best))
-        common = sorted(set(adacs) & set(other))
-        kept = [p for p in common if math.isfinite(adacs[p]) and math.isfinite(other[p])]
-        diff = np.array([adacs[p] - other[p] for p in kept])
-        test = ttest_rel([adacs[p] for p in kept], [other[p] for p in kept])
-        low, high = test.confidence_interval(0.95)
-        print(f"| {architecture} | adacs − {best} | {best} | {diff.mean():+.4f} | [{low:+.4f}, {high:+.4f}] | "
-              f"{test.statistic:.2f} | {test.pvalue:.3g} | {len(kept)} ({len(common) - len(kept)}) |")
+        c = comparison(groups, architecture)
+        if c is not None:
+            print(f"| {architecture} | adacs − {c['other']} | {c['difference']:+.4f} | [{c['low']:+.4f}, "
+                  f"{c['high']:+.4f}] | {c['t']:.2f} | {c['p']:.3g} | {c['pairs']} ({c['left_out']}) |")
 
 
-def pair_dice(runs: list[tuple[int, dict, dict]]) -> dict[str, float]:
+def pair_dice(runs: Group) -> dict[str, float]:
     """Each pair's Dice averaged over the runs (seeds); NaN where any run's Dice is undefined."""
     ids = set.intersection(*(set(records) for _, records, _ in runs))
     return {p: statistics.fmean(records[p]["dice"] for _, records, _ in runs) for p in ids}

@@ -1,0 +1,67 @@
+"""benchmarks/adacs_acdc.py: runs are the shipped configs, and the table's paired test is over pairs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy.stats import ttest_rel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("adacs_acdc", REPO / "benchmarks" / "adacs_acdc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_run_is_the_shipped_config_with_its_overlays(bench, tmp_path: Path):
+    for objective in bench.OBJECTIVES:
+        for architecture in bench.ARCHITECTURES:
+            args = bench.fit_arguments(objective, architecture, 2, tmp_path, tmp_path / "run")
+            configs = [Path(args[i + 1]) for i, a in enumerate(args) if a == "--config"]
+            assert configs[0].name == "acdc_adacs.yaml" and all(c.is_file() for c in configs)
+            names = [c.name for c in configs[1:]]
+            assert (f"acdc_{objective}.yaml" in names) == (objective != "adacs")
+            assert (f"acdc_{architecture}.yaml" in names) == (architecture != "voxelmorph")
+            assert args[args.index("--seed_everything") + 1] == "2"
+
+
+def write_run(tmp_path: Path, manifest: Path, objective: str, seed: int, dice: list[float]) -> None:
+    run_dir = tmp_path / f"{objective}_s{seed}" / "regframe" / "abc"
+    run_dir.mkdir(parents=True)
+    records = [{"step": 10, "epoch": 0, "pair_id": f"p{i}", "dice": 0.0, "dice_per_organ": {}} for i in range(len(dice))]
+    records += [{"step": 20, "epoch": 1, "pair_id": f"p{i}", "dice": d, "hd": 2.0, "dice_per_organ": {}}
+                for i, d in enumerate(dice)]
+    (run_dir / "val_pairs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with manifest.open("a") as handle:
+        handle.write(json.dumps({"architecture": "voxelmorph", "objective": objective, "seed": seed,
+                                 "run_dir": str(tmp_path / f"{objective}_s{seed}"), "train_s": 60.0,
+                                 "returncode": 0}) + "\n")
+
+
+def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pairs(bench, tmp_path: Path):
+    manifest = tmp_path / "manifest.jsonl"
+    write_run(tmp_path, manifest, "adacs", 0, [0.8, 0.7, 0.9, None, 0.6])
+    write_run(tmp_path, manifest, "adacs", 1, [0.6, 0.7, 0.7, 0.5, 0.6])
+    write_run(tmp_path, manifest, "vanilla", 0, [0.7, 0.6, 0.8, 0.5, 0.5])
+    write_run(tmp_path, manifest, "vanilla", 1, [0.7, 0.6, 0.6, 0.5, 0.7])
+    write_run(tmp_path, manifest, "nll", 0, [0.1] * 5)
+    groups = bench.load_groups(manifest)
+    # the last validation (step 20) is read, and its undefined Dice is left out of the run mean
+    assert bench.run_mean(groups[("voxelmorph", "adacs")][0][1], "dice") == pytest.approx(0.75)
+    result = bench.comparison(groups, "voxelmorph")
+    adacs, vanilla = [0.7, 0.7, 0.8, 0.6], [0.7, 0.6, 0.7, 0.6]  # pair p3 is undefined in one AdaCS run
+    expected = ttest_rel(adacs, vanilla)
+    assert result["other"] == "vanilla" and result["pairs"] == 4 and result["left_out"] == 1
+    assert result["difference"] == pytest.approx(0.05)
+    assert result["t"] == pytest.approx(expected.statistic) and result["p"] == pytest.approx(expected.pvalue)
+    low, high = expected.confidence_interval(0.95)
+    assert (result["low"], result["high"]) == (pytest.approx(low), pytest.approx(high))
+    assert math.isnan(bench.finite_mean([None, math.nan]))
