@@ -37,41 +37,50 @@ class ACDCDataModule(RegistrationDataModule):
         depth: slices per stack with ``protocol: volumes``.
         val_patients: patients of ``training/`` held out for validation (seeded by ``seed``); their
             ids are recorded in the hyperparameters (``val_patient_ids``) and logged.
+        tune_patients: for choosing settings without the validation patients: this many of the
+            remaining training patients (seeded) are held out and validated on instead, and the
+            ``val_patients`` are not used at all (ids in ``tune_patient_ids``). 0: off.
         batch_size, num_workers, val_max_pairs, seed: as in :class:`RegistrationDataModule`.
     """
 
     def __init__(self, root: str = "../shared/data/ACDC", protocol: str = "slices", crop_size: int = 128,
-                 depth: int = 16, val_patients: int = 20, batch_size: int = 8, num_workers: int = 0,
-                 val_max_pairs: int | None = None, seed: int = 0) -> None:
+                 depth: int = 16, val_patients: int = 20, tune_patients: int = 0, batch_size: int = 8,
+                 num_workers: int = 0, val_max_pairs: int | None = None, seed: int = 0) -> None:
         require_path(Path(root) / "training", "root: the ACDC folder holding training/ and optionally testing/",
                      folder=True)
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_max_pairs=val_max_pairs, seed=seed)
         if protocol not in PROTOCOLS:
             raise RegframeInputError(f"protocol: unknown protocol {protocol!r}, expected one of {PROTOCOLS}")
-        if crop_size < 8 or depth < 1 or val_patients < 0:
-            raise RegframeInputError(f"crop_size must be >= 8, depth >= 1 and val_patients >= 0, "
-                                     f"got {crop_size}, {depth}, {val_patients}")
+        if crop_size < 8 or depth < 1 or val_patients < 0 or tune_patients < 0:
+            raise RegframeInputError(f"crop_size must be >= 8, depth >= 1, val_patients and tune_patients >= 0, "
+                                     f"got {crop_size}, {depth}, {val_patients}, {tune_patients}")
         self.root = Path(root)
         self.protocol = protocol
         self.crop_size = crop_size
         self.depth = depth
         self.val_patients = val_patients
+        self.tune_patients = tune_patients
         self.label_names = dict(LABEL_NAMES)
         self.save_hyperparameters()
         self._test_loaded = False
 
     def load(self) -> None:
         folders = {p.name: p for p in patient_folders(self.root / "training")}
-        if self.val_patients >= len(folders):
-            raise RegframeInputError(f"val_patients: {self.val_patients} requested but {self.root / 'training'} "
-                                     f"holds only {len(folders)} patients")
+        if self.val_patients + self.tune_patients >= len(folders):
+            raise RegframeInputError(f"val_patients, tune_patients: {self.val_patients} + {self.tune_patients} "
+                                     f"requested but {self.root / 'training'} holds only {len(folders)} patients")
         split = split_cases(sorted(folders), (len(folders) - self.val_patients, self.val_patients, 0), self.seed)
         self.hparams["val_patient_ids"] = split["val"]
-        self.train_subjects, self.train_pairs = self._pairs([folders[p] for p in split["train"]])
-        self.val_subjects, self.val_pairs = self._pairs([folders[p] for p in split["val"]])
-        rank_zero_info(f"ACDC {self.protocol}: {len(self.train_pairs)} training pairs ({len(split['train'])} patients), "
-                       f"{len(self.val_pairs)} validation pairs ({len(split['val'])} patients, seed {self.seed}: "
-                       f"{', '.join(split['val'])})")
+        train, validation, name = split["train"], split["val"], "validation"
+        if self.tune_patients:
+            tuning = split_cases(train, (len(train) - self.tune_patients, self.tune_patients, 0), self.seed)
+            train, validation, name = tuning["train"], tuning["val"], "tuning (validation patients unused)"
+            self.hparams["tune_patient_ids"] = validation
+        self.train_subjects, self.train_pairs = self._pairs([folders[p] for p in train])
+        self.val_subjects, self.val_pairs = self._pairs([folders[p] for p in validation])
+        rank_zero_info(f"ACDC {self.protocol}: {len(self.train_pairs)} training pairs ({len(train)} patients), "
+                       f"{len(self.val_pairs)} {name} pairs ({len(validation)} patients, seed {self.seed}: "
+                       f"{', '.join(validation)})")
 
     def setup(self, stage: str | None = None) -> None:
         """Training/validation patients for every stage but ``test``; ``testing/`` for ``test``."""

@@ -62,6 +62,21 @@ def test_data_module_batches_split_and_test_folder(fake_acdc: Path):
     assert again.hparams["val_patient_ids"] == val_ids  # seeded
 
 
+def test_tuning_split_never_touches_the_validation_patients(fake_acdc: Path):
+    plain = ACDCDataModule(str(fake_acdc), crop_size=32, val_patients=1, seed=3)
+    plain.setup("fit")
+    tuned = ACDCDataModule(str(fake_acdc), crop_size=32, val_patients=1, tune_patients=1, seed=3)
+    tuned.setup("fit")
+    val_id, tune_ids = plain.hparams["val_patient_ids"][0], tuned.hparams["tune_patient_ids"]
+    assert tuned.hparams["val_patient_ids"] == [val_id] and len(tune_ids) == 1 and tune_ids[0] != val_id
+    patients = lambda subjects: {s["id"].split("_")[0] for s in subjects}  # noqa: E731
+    assert patients(tuned.val_subjects) == set(tune_ids)
+    assert patients(tuned.train_subjects) == patients(plain.train_subjects) - set(tune_ids)
+    assert len(tuned.train_pairs) == 2 * 4 and len(tuned.val_pairs) == 4
+    with pytest.raises(RegframeInputError, match="tune_patients"):
+        ACDCDataModule(str(fake_acdc), val_patients=1, tune_patients=3).setup("fit")
+
+
 def test_volumes_protocol_gives_one_padded_stack_per_patient(fake_acdc: Path):
     module = ACDCDataModule(str(fake_acdc), protocol="volumes", crop_size=32, depth=6, val_patients=1)
     module.setup("fit")
