@@ -45,8 +45,10 @@ METRICS = ("dice", "hd", "asd", "hd_mm", "asd_mm", "sdlogj", "fold_pct")
 IDENTITY = "identity"
 
 
-def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_dir: Path) -> list[str]:
-    """``regframe fit`` arguments of one run: the shipped configs, the seed, the data root, the run folder."""
+def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_dir: Path,
+                  max_epochs: int | None = None) -> list[str]:
+    """``regframe fit`` arguments of one run: the shipped configs, the seed, the data root, the run folder
+    and, for a control of a different length, ``max_epochs`` (validated once, at the end)."""
     configs = [EXPERIMENTS / "acdc_adacs.yaml"]
     if objective != "adacs":
         configs.append(EXPERIMENTS / f"acdc_{objective}.yaml")
@@ -55,7 +57,9 @@ def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_
     return ["fit", *itertools.chain.from_iterable(("--config", str(c)) for c in configs),
             "--seed_everything", str(seed), "--data.init_args.root", str(root),
             "--trainer.logger.init_args.save_dir", str(run_dir),
-            "--trainer.logger.init_args.name", run_dir.name, "--trainer.enable_progress_bar", "false"]
+            "--trainer.logger.init_args.name", run_dir.name, "--trainer.enable_progress_bar", "false",
+            *(["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", str(max_epochs)]
+              if max_epochs else [])]
 
 
 def run_jobs(args: argparse.Namespace) -> None:
@@ -63,16 +67,18 @@ def run_jobs(args: argparse.Namespace) -> None:
     folder, so that several workers share the list; a run whose folder exists is skipped (delete the
     folder of a failed run to repeat it)."""
     for seed, architecture, objective in itertools.product(args.seeds, args.architectures, args.objectives):
-        run_dir = args.out_dir / f"{architecture}_{objective}_s{seed}"
+        label = f"{objective}_e{args.max_epochs}" if args.max_epochs else objective
+        run_dir = args.out_dir / f"{architecture}_{label}_s{seed}"
         try:
             run_dir.mkdir()
         except FileExistsError:
             continue
-        command = [sys.executable, "-m", "regframe", *fit_arguments(objective, architecture, seed, args.root, run_dir)]
+        command = [sys.executable, "-m", "regframe", *fit_arguments(objective, architecture, seed, args.root, run_dir,
+                                                                     args.max_epochs)]
         start = time.perf_counter()
         with (args.out_dir / f"{run_dir.name}.log").open("w") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-        row = {"architecture": architecture, "objective": objective, "seed": seed, "run_dir": str(run_dir),
+        row = {"architecture": architecture, "objective": label, "seed": seed, "run_dir": str(run_dir),
                "train_s": round(time.perf_counter() - start, 1), "returncode": code,
                "threads": os.environ.get("OMP_NUM_THREADS")}
         with args.manifest.open("a") as handle:
@@ -156,7 +162,7 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
     the validation pairs of each pair's Dice averaged over seeds (pairs undefined in a run left out)."""
     means = {obj: statistics.fmean(run_mean(records, "dice") for _, records, _ in runs)
              for (arch, obj), runs in groups.items() if arch == architecture}
-    others = {obj: value for obj, value in means.items() if obj != "adacs"}
+    others = {obj: value for obj, value in means.items() if obj in OBJECTIVES and obj != "adacs"}  # no controls
     if "adacs" not in means or not others:
         return None
     best = max(others, key=others.get)
@@ -202,6 +208,8 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--architectures", nargs="+", default=["voxelmorph"], choices=ARCHITECTURES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="a control of another length (run and table label OBJECTIVE_eN)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "acdc")
     parser.add_argument("--manifest", type=Path, default=None, help="default OUT_DIR/manifest.jsonl")
     parser.add_argument("--identity", action="store_true", help="record the unregistered validation pairs")

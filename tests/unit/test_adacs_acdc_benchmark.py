@@ -30,7 +30,9 @@ def test_every_run_is_the_shipped_config_with_its_overlays(bench, tmp_path: Path
             names = [c.name for c in configs[1:]]
             assert (f"acdc_{objective}.yaml" in names) == (objective != "adacs")
             assert (f"acdc_{architecture}.yaml" in names) == (architecture != "voxelmorph")
-            assert args[args.index("--seed_everything") + 1] == "2"
+            assert args[args.index("--seed_everything") + 1] == "2" and "--trainer.max_epochs" not in args
+    control = bench.fit_arguments("vanilla", "voxelmorph", 0, tmp_path, tmp_path / "run", max_epochs=8)
+    assert control[-4:] == ["--trainer.max_epochs", "8", "--trainer.check_val_every_n_epoch", "8"]
 
 
 def write_run(tmp_path: Path, manifest: Path, objective: str, seed: int, dice: list[float]) -> None:
@@ -53,6 +55,7 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     write_run(tmp_path, manifest, "vanilla", 0, [0.7, 0.6, 0.8, 0.5, 0.5])
     write_run(tmp_path, manifest, "vanilla", 1, [0.7, 0.6, 0.6, 0.5, 0.7])
     write_run(tmp_path, manifest, "nll", 0, [0.1] * 5)
+    write_run(tmp_path, manifest, "vanilla_e8", 0, [0.99] * 5)  # a control, never the compared objective
     groups = bench.load_groups(manifest)
     # the last validation (step 20) is read, and its undefined Dice is left out of the run mean
     assert bench.run_mean(groups[("voxelmorph", "adacs")][0][1], "dice") == pytest.approx(0.75)
