@@ -17,6 +17,13 @@ seeds; pairs whose Dice is undefined in any run are left out and counted).
     OMP_NUM_THREADS=1 python benchmarks/adacs_acdc.py --seeds 0 1 2     # claims the next unclaimed run
     python benchmarks/adacs_acdc.py --identity
     python benchmarks/adacs_acdc.py --table
+
+On a folder holding the ACDC test patients in ``ROOT/testing`` (not in ``../shared``), the same runs
+are evaluated by ``regframe test --ckpt_path`` with their last checkpoint, and tabled the same way:
+
+    OMP_NUM_THREADS=2 python benchmarks/adacs_acdc.py --test --root ROOT
+    OMP_NUM_THREADS=2 python benchmarks/adacs_acdc.py --identity --split test --root ROOT
+    python benchmarks/adacs_acdc.py --table --split test
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import itertools
 import json
 import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,18 +96,18 @@ def run_jobs(args: argparse.Namespace) -> None:
 
 
 def record_identity(args: argparse.Namespace) -> None:
-    """Per-pair metrics of the unregistered validation pairs (zero displacement), as run records."""
+    """Per-pair metrics of the unregistered pairs of ``args.split`` (zero displacement), as run records."""
     import torch
 
     from data_modules.acdc import ACDCDataModule
     from regframe.metrics import pair_metrics
 
     data = ACDCDataModule(root=str(args.root))
-    data.setup("fit")
+    data.setup("test" if args.split == "test" else "fit")
     run_dir = args.out_dir / IDENTITY
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for batch in data.val_dataloader():
+    for batch in data.test_dataloader() if args.split == "test" else data.val_dataloader():
         for i in range(batch["fixed"].shape[0]):
             disp = torch.zeros(1, 2, *batch["fixed"].shape[2:])
             m = pair_metrics(batch["fixed_label"][i:i + 1], batch["moving_label"][i:i + 1], disp,
@@ -108,18 +117,45 @@ def record_identity(args: argparse.Namespace) -> None:
                       **{key: m[key] for key in ("hd", "asd", "hd_mm", "asd_mm")}}
             lines.append(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                      for k, v in record.items()}))
-    (run_dir / records_filename("val")).write_text("\n".join(lines) + "\n")
-    with args.manifest.open("a") as handle:
-        handle.write(json.dumps({"architecture": IDENTITY, "objective": IDENTITY, "seed": 0,
-                                 "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0}) + "\n")
-    print(f"{len(lines)} validation pairs recorded in {run_dir}")
+    (run_dir / records_filename(args.split)).write_text("\n".join(lines) + "\n")
+    if not any(row["objective"] == IDENTITY for row in manifest_rows(args.manifest)):
+        with args.manifest.open("a") as handle:
+            handle.write(json.dumps({"architecture": IDENTITY, "objective": IDENTITY, "seed": 0,
+                                     "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0}) + "\n")
+    print(f"{len(lines)} {args.split} pairs recorded in {run_dir}")
 
 
-def last_validation(run_dir: Path) -> dict[str, dict]:
-    """The per-pair records of the run's last validation, by pair id."""
-    paths = sorted(run_dir.rglob(records_filename("val")))
+def manifest_rows(manifest: Path) -> list[dict]:
+    """The rows of ``manifest`` (none when it does not exist)."""
+    if not manifest.is_file():
+        return []
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
+def evaluate_on_testing(args: argparse.Namespace) -> None:
+    """``regframe test`` of every successful run's last checkpoint on ``args.root/testing``; its records
+    (``test_pairs.jsonl``) go to ``RUN/test``, which is replaced."""
+    for row in manifest_rows(args.manifest):
+        if row["returncode"] != 0 or row["objective"] == IDENTITY:
+            continue
+        run_dir = Path(row["run_dir"])
+        checkpoints = sorted((run_dir / "regframe").rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not checkpoints:
+            raise SystemExit(f"{run_dir}: no checkpoint")
+        objective = re.sub(r"_e\d+$", "", row["objective"])
+        test_dir = run_dir / "test"
+        shutil.rmtree(test_dir, ignore_errors=True)
+        arguments = fit_arguments(objective, row["architecture"], row["seed"], args.root, test_dir)
+        command = [sys.executable, "-m", "regframe", "test", *arguments[1:], "--ckpt_path", str(checkpoints[-1])]
+        code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+        print(f"{run_dir.name}: test {'done' if code == 0 else f'failed ({code})'}", flush=True)
+
+
+def last_records(run_dir: Path, split: str = "val") -> dict[str, dict]:
+    """The per-pair records of the run's last validation (or its test), by pair id."""
+    paths = sorted(run_dir.rglob(records_filename(split)))
     if len(paths) != 1:
-        raise SystemExit(f"{run_dir}: expected one {records_filename('val')}, found {len(paths)}")
+        raise SystemExit(f"{run_dir}: expected one {records_filename(split)}, found {len(paths)}")
     records = read_pair_records(paths[0])
     last = max(r["step"] for r in records)
     return {r["pair_id"]: r for r in records if r["step"] == last}
@@ -139,17 +175,16 @@ def summary(values: list[float]) -> str:
 Group = list[tuple[int, dict, dict]]  # (seed, {pair id: record at the last validation}, manifest row) per run
 
 
-def load_groups(manifest: Path) -> dict[tuple[str, str], Group]:
-    """The successful runs of ``manifest`` (the last row of a repeated run wins) by (architecture, objective)."""
+def load_groups(manifest: Path, split: str = "val") -> dict[tuple[str, str], Group]:
+    """The successful runs of ``manifest`` (the last row of a repeated run wins) by (architecture, objective),
+    with their records of ``split``."""
     rows = {}
-    for line in manifest.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row["returncode"] == 0:
-                rows[(row["architecture"], row["objective"], row["seed"])] = row
+    for row in manifest_rows(manifest):
+        if row["returncode"] == 0:
+            rows[(row["architecture"], row["objective"], row["seed"])] = row
     groups: dict[tuple[str, str], Group] = {}
     for (architecture, objective, seed), row in sorted(rows.items()):
-        groups.setdefault((architecture, objective), []).append((seed, last_validation(Path(row["run_dir"])), row))
+        groups.setdefault((architecture, objective), []).append((seed, last_records(Path(row["run_dir"]), split), row))
     return groups
 
 
@@ -176,9 +211,9 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
             "left_out": len(common) - len(kept)}
 
 
-def table(manifest: Path) -> None:
-    """Markdown tables of the runs in ``manifest``."""
-    groups = load_groups(manifest)
+def table(manifest: Path, split: str = "val") -> None:
+    """Markdown tables of the runs in ``manifest`` on ``split``."""
+    groups = load_groups(manifest, split)
     print("| architecture | objective | seeds | pairs | " + " | ".join(METRICS) + " | train min (median) |")
     print("|---" * (len(METRICS) + 5) + "|")
     for (architecture, objective), runs in groups.items():
@@ -212,15 +247,19 @@ def main() -> None:
                         help="a control of another length (run and table label OBJECTIVE_eN)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "acdc")
     parser.add_argument("--manifest", type=Path, default=None, help="default OUT_DIR/manifest.jsonl")
-    parser.add_argument("--identity", action="store_true", help="record the unregistered validation pairs")
-    parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs")
+    parser.add_argument("--identity", action="store_true", help="record the unregistered pairs of --split")
+    parser.add_argument("--test", action="store_true", help="evaluate every run on ROOT/testing")
+    parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs on --split")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.manifest = args.manifest or args.out_dir / "manifest.jsonl"
     if args.table:
-        table(args.manifest)
+        table(args.manifest, args.split)
     elif args.identity:
         record_identity(args)
+    elif args.test:
+        evaluate_on_testing(args)
     else:
         run_jobs(args)
 
