@@ -194,7 +194,8 @@ def run_mean(records: dict, metric: str) -> float:
 
 def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict | None:
     """AdaCS against the other objective of ``architecture`` with the highest mean Dice: paired t-test over
-    the validation pairs of each pair's Dice averaged over seeds (pairs undefined in a run left out)."""
+    the validation pairs of each pair's Dice averaged over seeds (pairs undefined in a run left out), and
+    the difference of the run means for each seed both have."""
     means = {obj: statistics.fmean(run_mean(records, "dice") for _, records, _ in runs)
              for (arch, obj), runs in groups.items() if arch == architecture}
     others = {obj: value for obj, value in means.items() if obj in OBJECTIVES and obj != "adacs"}  # no controls
@@ -206,7 +207,10 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
     kept = [p for p in common if math.isfinite(adacs[p]) and math.isfinite(other[p])]
     test = ttest_rel([adacs[p] for p in kept], [other[p] for p in kept])
     low, high = test.confidence_interval(0.95)
-    return {"other": best, "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
+    seed_means = [{seed: run_mean(records, "dice") for seed, records, _ in groups[(architecture, obj)]}
+                  for obj in ("adacs", best)]
+    seeds = sorted(set(seed_means[0]) & set(seed_means[1]))
+    return {"other": best, "seed_differences": [seed_means[0][s] - seed_means[1][s] for s in seeds], "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
             "high": high, "t": float(test.statistic), "p": float(test.pvalue), "pairs": len(kept),
             "left_out": len(common) - len(kept)}
 
@@ -222,13 +226,15 @@ def table(manifest: Path, split: str = "val") -> None:
         print(f"| {architecture} | {objective} | {len(runs)} | {len(runs[0][1])} | " + " | ".join(cells)
               + f" | {minutes:.1f} |")
     print()
-    print("| architecture | AdaCS − best other objective (Dice) | mean difference | 95 % CI | t | p | pairs (left out) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| architecture | AdaCS − best other objective (Dice) | mean difference | 95 % CI | t | p | pairs (left out) "
+          "| difference per seed |")
+    print("|---|---|---|---|---|---|---|---|")
     for architecture in sorted({a for a, _ in groups if a != IDENTITY}):
         c = comparison(groups, architecture)
         if c is not None:
             print(f"| {architecture} | adacs − {c['other']} | {c['difference']:+.4f} | [{c['low']:+.4f}, "
-                  f"{c['high']:+.4f}] | {c['t']:.2f} | {c['p']:.3g} | {c['pairs']} ({c['left_out']}) |")
+                  f"{c['high']:+.4f}] | {c['t']:.2f} | {c['p']:.3g} | {c['pairs']} ({c['left_out']}) | "
+                  + " / ".join(f"{d:+.4f}" for d in c["seed_differences"]) + " |")
 
 
 def pair_dice(runs: Group) -> dict[str, float]:

@@ -64,6 +64,7 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     expected = ttest_rel(adacs, vanilla)
     assert result["other"] == "vanilla" and result["pairs"] == 4 and result["left_out"] == 1
     assert result["difference"] == pytest.approx(0.05)
+    assert result["seed_differences"] == [pytest.approx(0.75 - 0.62), pytest.approx(0.62 - 0.62)]
     assert result["t"] == pytest.approx(expected.statistic) and result["p"] == pytest.approx(expected.pvalue)
     low, high = expected.confidence_interval(0.95)
     assert (result["low"], result["high"]) == (pytest.approx(low), pytest.approx(high))
