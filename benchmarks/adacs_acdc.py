@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from scipy.stats import ttest_rel
+from scipy.stats import ttest_1samp, ttest_rel
 
 from regframe.pair_records import read_pair_records, records_filename
 
@@ -210,7 +210,9 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
     seed_means = [{seed: run_mean(records, "dice") for seed, records, _ in groups[(architecture, obj)]}
                   for obj in ("adacs", best)]
     seeds = sorted(set(seed_means[0]) & set(seed_means[1]))
-    return {"other": best, "seed_differences": [seed_means[0][s] - seed_means[1][s] for s in seeds], "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
+    seed_differences = [seed_means[0][s] - seed_means[1][s] for s in seeds]
+    seed_interval = ttest_1samp(seed_differences, 0.0).confidence_interval(0.95) if len(seeds) > 1 else (math.nan,) * 2
+    return {"other": best, "seed_differences": seed_differences, "seed_interval": tuple(seed_interval), "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
             "high": high, "t": float(test.statistic), "p": float(test.pvalue), "pairs": len(kept),
             "left_out": len(common) - len(kept)}
 
@@ -227,14 +229,15 @@ def table(manifest: Path, split: str = "val") -> None:
               + f" | {minutes:.1f} |")
     print()
     print("| architecture | AdaCS − best other objective (Dice) | mean difference | 95 % CI | t | p | pairs (left out) "
-          "| difference per seed |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| difference per seed | its 95 % CI (over seeds) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for architecture in sorted({a for a, _ in groups if a != IDENTITY}):
         c = comparison(groups, architecture)
         if c is not None:
             print(f"| {architecture} | adacs − {c['other']} | {c['difference']:+.4f} | [{c['low']:+.4f}, "
                   f"{c['high']:+.4f}] | {c['t']:.2f} | {c['p']:.3g} | {c['pairs']} ({c['left_out']}) | "
-                  + " / ".join(f"{d:+.4f}" for d in c["seed_differences"]) + " |")
+                  + " / ".join(f"{d:+.4f}" for d in c["seed_differences"])
+                  + " | [{:+.4f}, {:+.4f}] |".format(*c["seed_interval"]))
 
 
 def pair_dice(runs: Group) -> dict[str, float]:

@@ -65,6 +65,8 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     assert result["other"] == "vanilla" and result["pairs"] == 4 and result["left_out"] == 1
     assert result["difference"] == pytest.approx(0.05)
     assert result["seed_differences"] == [pytest.approx(0.75 - 0.62), pytest.approx(0.62 - 0.62)]
+    low, high = result["seed_interval"]  # t interval of two differences: mean ± t(0.975, 1) · sd / √2
+    assert (low + high) / 2 == pytest.approx(0.065) and (high - low) / 2 == pytest.approx(12.7062 * 0.065, rel=1e-4)
     assert result["t"] == pytest.approx(expected.statistic) and result["p"] == pytest.approx(expected.pvalue)
     low, high = expected.confidence_interval(0.95)
     assert (result["low"], result["high"]) == (pytest.approx(low), pytest.approx(high))
