@@ -11,6 +11,7 @@ form), and ``label_names``; in ``__init__`` they set ``preprocessing``, what the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import combinations, permutations
 from pathlib import Path
@@ -24,6 +25,9 @@ from torch.utils.data._utils.collate import default_collate
 from regframe.errors import RegframeInputError
 from regframe.orientation import TOLERANCE, reorient_subject, voxel_spacing
 from regframe.preprocess import Preprocessing
+
+#: Distance between the shuffle seeds of two training seeds (more epochs than any run has).
+SHUFFLE_STRIDE = 1_000_003
 
 PAIR_MODES = ("unordered", "ordered")
 
@@ -150,11 +154,15 @@ class RegistrationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training pairs; shuffled (seeded), or drawn with replacement by ``sampler_weights``.
 
-        The generator is seeded with ``seed + current epoch``, so a loader rebuilt every epoch
-        (``reload_dataloaders_every_n_epochs``) draws a new order each time, reproducibly."""
+        The generator is seeded with ``seed + current epoch + SHUFFLE_STRIDE × training seed`` (the
+        training seed is Lightning's ``seed_everything`` value, ``PL_GLOBAL_SEED``, 0 when unset): a loader
+        rebuilt every epoch (``reload_dataloaders_every_n_epochs``) draws a new order each time,
+        reproducibly, and runs that differ only in ``seed_everything`` see different orders while the
+        split, which depends on ``seed`` alone, stays the same."""
         self.setup("fit")
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        training_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        generator = torch.Generator().manual_seed(self.seed + epoch + SHUFFLE_STRIDE * training_seed)
         dataset = PairDataset(self.train_subjects, self.train_pairs)
         if self.sampler_weights is None:
             return self._loader(dataset, self.batch_size, shuffle=True, generator=generator)

@@ -146,6 +146,21 @@ def test_shuffle_is_seeded(dataset: Path):
     assert orders[0] == orders[1] and sorted(orders[0]) == list(range(10))
 
 
+def test_training_seed_changes_the_order_but_not_the_split(dataset: Path, monkeypatch: pytest.MonkeyPatch):
+    def order_and_split(training_seed: int | None) -> tuple[list[int], list]:
+        if training_seed is None:
+            monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        else:
+            monkeypatch.setenv("PL_GLOBAL_SEED", str(training_seed))
+        dm = Learn2RegDataModule(str(dataset), exclude_val_subjects=False, seed=3)
+        dm.setup()
+        return [int(b["pair_index"]) for b in dm.train_dataloader()], dm.train_pairs
+
+    unset, zero, one = order_and_split(None), order_and_split(0), order_and_split(1)
+    assert unset[0] == zero[0]  # seed + epoch, as before training seeds entered it
+    assert one[0] != zero[0] and sorted(one[0]) == list(range(10)) and one[1] == zero[1]
+
+
 def test_resample_factor_halves_shape_and_doubles_spacing(dataset: Path):
     dm = Learn2RegDataModule(str(dataset), resample_factor=0.5)
     dm.setup()
