@@ -17,6 +17,7 @@ seeds; pairs whose Dice is undefined in any run are left out and counted).
     OMP_NUM_THREADS=1 python benchmarks/adacs_acdc.py --seeds 0 1 2     # claims the next unclaimed run
     python benchmarks/adacs_acdc.py --identity
     python benchmarks/adacs_acdc.py --table
+    python benchmarks/adacs_acdc.py --score-stats        # what the AdaCS runs' scorers learned
 
 On a folder holding the ACDC test patients in ``ROOT/testing`` (not in ``../shared``), the same runs
 are evaluated by ``regframe test --ckpt_path`` with their last checkpoint, and tabled the same way:
@@ -123,6 +124,38 @@ def record_identity(args: argparse.Namespace) -> None:
             handle.write(json.dumps({"architecture": IDENTITY, "objective": IDENTITY, "seed": 0,
                                      "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0}) + "\n")
     print(f"{len(lines)} {args.split} pairs recorded in {run_dir}")
+
+
+def score_statistics(args: argparse.Namespace) -> None:
+    """What each AdaCS run's scorer learned, on the validation pairs: mean score, the share of pixels
+    below 0.9 and 0.5, the mean score on the ES myocardium, its correlation with the squared residual of
+    the trained estimator, and m_T."""
+    import torch
+
+    from data_modules.acdc import ACDCDataModule
+    from regframe.methods.base import RegistrationModule
+    from regframe.register import read_method_checkpoint, rebuild_method
+    from regframe.spatial import warp
+
+    data = ACDCDataModule(root=str(args.root))
+    data.setup("fit")
+    for row in manifest_rows(args.manifest):
+        if row["objective"] != "adacs" or row["returncode"] != 0:
+            continue
+        checkpoint = sorted((Path(row["run_dir"]) / "regframe").rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+        module = rebuild_method(checkpoint, read_method_checkpoint(checkpoint, (RegistrationModule,))[0]).eval()
+        scores, residuals, myocardium = [], [], []
+        with torch.no_grad():
+            for batch in data.val_dataloader():
+                warped = warp(batch["moving"], module.estimator(batch["fixed"], batch["moving"]))
+                scores.append(module.objective.weight_net(batch["fixed"]).flatten())
+                residuals.append((batch["fixed"] - warped).pow(2).flatten())
+                myocardium.append((batch["fixed_label"] == 2).flatten())
+        score, r2, myo = torch.cat(scores), torch.cat(residuals), torch.cat(myocardium)
+        print(f"{row['architecture']} seed {row['seed']}: score mean {score.mean():.3f}, "
+              f"< 0.9 {(score < 0.9).float().mean():.3f}, < 0.5 {(score < 0.5).float().mean():.4f}, "
+              f"myocardium {score[myo].mean():.3f}, corr(score, r²) {torch.corrcoef(torch.stack([score, r2]))[0, 1]:.3f}, "
+              f"m_T {module.objective.residual_momentum.item():.4f}", flush=True)
 
 
 def manifest_rows(manifest: Path) -> list[dict]:
@@ -260,6 +293,7 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="evaluate every run on ROOT/testing")
     parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs on --split")
     parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--score-stats", action="store_true", help="what the AdaCS runs' scorers learned")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.manifest = args.manifest or args.out_dir / "manifest.jsonl"
@@ -269,6 +303,8 @@ def main() -> None:
         record_identity(args)
     elif args.test:
         evaluate_on_testing(args)
+    elif args.score_stats:
+        score_statistics(args)
     else:
         run_jobs(args)
 
