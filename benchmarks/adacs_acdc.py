@@ -142,7 +142,7 @@ def score_statistics(args: argparse.Namespace) -> None:
     for row in manifest_rows(args.manifest):
         if row["objective"] != "adacs" or row["returncode"] != 0:
             continue
-        checkpoint = sorted((Path(row["run_dir"]) / "regframe").rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+        checkpoint = last_checkpoint(Path(row["run_dir"]))
         module = rebuild_method(checkpoint, read_method_checkpoint(checkpoint, (RegistrationModule,))[0]).eval()
         scores, residuals, myocardium = [], [], []
         with torch.no_grad():
@@ -156,6 +156,14 @@ def score_statistics(args: argparse.Namespace) -> None:
               f"< 0.9 {(score < 0.9).float().mean():.3f}, < 0.5 {(score < 0.5).float().mean():.4f}, "
               f"myocardium {score[myo].mean():.3f}, corr(score, r²) {torch.corrcoef(torch.stack([score, r2]))[0, 1]:.3f}, "
               f"m_T {module.objective.residual_momentum.item():.4f}", flush=True)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint ``regframe fit`` wrote for the run in ``run_dir``."""
+    checkpoints = sorted((run_dir / "regframe").rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        raise SystemExit(f"{run_dir}: no checkpoint")
+    return checkpoints[-1]
 
 
 def manifest_rows(manifest: Path) -> list[dict]:
@@ -172,14 +180,11 @@ def evaluate_on_testing(args: argparse.Namespace) -> None:
         if row["returncode"] != 0 or row["objective"] == IDENTITY:
             continue
         run_dir = Path(row["run_dir"])
-        checkpoints = sorted((run_dir / "regframe").rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not checkpoints:
-            raise SystemExit(f"{run_dir}: no checkpoint")
         objective = re.sub(r"_e\d+$", "", row["objective"])
         test_dir = run_dir / "test"
         shutil.rmtree(test_dir, ignore_errors=True)
         arguments = fit_arguments(objective, row["architecture"], row["seed"], args.root, test_dir)
-        command = [sys.executable, "-m", "regframe", "test", *arguments[1:], "--ckpt_path", str(checkpoints[-1])]
+        command = [sys.executable, "-m", "regframe", "test", *arguments[1:], "--ckpt_path", str(last_checkpoint(run_dir))]
         code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         print(f"{run_dir.name}: test {'done' if code == 0 else f'failed ({code})'}", flush=True)
 
@@ -245,9 +250,10 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
     seeds = sorted(set(seed_means[0]) & set(seed_means[1]))
     seed_differences = [seed_means[0][s] - seed_means[1][s] for s in seeds]
     seed_interval = ttest_1samp(seed_differences, 0.0).confidence_interval(0.95) if len(seeds) > 1 else (math.nan,) * 2
-    return {"other": best, "seed_differences": seed_differences, "seed_interval": tuple(seed_interval), "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
+    return {"other": best, "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
             "high": high, "t": float(test.statistic), "p": float(test.pvalue), "pairs": len(kept),
-            "left_out": len(common) - len(kept)}
+            "left_out": len(common) - len(kept), "seed_differences": seed_differences,
+            "seed_interval": tuple(seed_interval)}
 
 
 def table(manifest: Path, split: str = "val") -> None:
