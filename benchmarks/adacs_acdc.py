@@ -42,9 +42,10 @@ import sys
 import time
 from pathlib import Path
 
-from scipy.stats import ttest_1samp, ttest_rel
+from scipy.stats import ttest_rel
 
 from regframe.pair_records import read_pair_records, records_filename
+from regframe.paired_statistics import paired_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -249,7 +250,7 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
                   for obj in ("adacs", best)]
     seeds = sorted(set(seed_means[0]) & set(seed_means[1]))
     seed_differences = [seed_means[0][s] - seed_means[1][s] for s in seeds]
-    seed_interval = ttest_1samp(seed_differences, 0.0).confidence_interval(0.95) if len(seeds) > 1 else (math.nan,) * 2
+    seed_interval = paired_interval(seed_differences)[1:] if seeds else (math.nan,) * 2
     return {"other": best, "difference": statistics.fmean(adacs[p] - other[p] for p in kept), "low": low,
             "high": high, "t": float(test.statistic), "p": float(test.pvalue), "pairs": len(kept),
             "left_out": len(common) - len(kept), "seed_differences": seed_differences,

@@ -27,7 +27,6 @@ from training_free import (  # sibling script
     PACKAGE,
     abdomen_pairs,
     load_pair,
-    paired_interval,
     published_convex_adam,
     shared_data,
 )
@@ -37,6 +36,7 @@ from regframe.estimators.protocols import trained_network
 from regframe.methods.cyclical import CyclicalSelfTraining, _reinitialise
 from regframe.metrics import pair_metrics
 from regframe.optim.instance import InstanceOptimisation
+from regframe.paired_statistics import paired_interval
 
 
 def cst_network() -> torch.nn.Module:

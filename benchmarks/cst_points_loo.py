@@ -39,6 +39,7 @@ import torch
 from regframe.cli import RegframeCLI
 from regframe.estimators.point_refinement import RefinedPoints
 from regframe.estimators.protocols import trained_network
+from regframe.paired_statistics import paired_interval
 from regframe.point_metrics import landmark_tre
 
 CONFIGS = {
@@ -54,9 +55,6 @@ FOLDS = ("0001", "0002", "0003")
 # stage-0 label error (benchmarks/cst_points_stage0.py); baselines are also scored with it at test.
 LABEL_SMOOTHING = {"0001": 1e6, "0002": 1e5, "0003": 3e5}
 SMOOTHING_OPTION = "--model.init_args.estimator.init_args.smooth_weight"
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086}
-
 
 class History(pl.Callback):
     """Records ``val/tre_mm`` after every validation and the training loss of every epoch (CST: the
@@ -121,14 +119,6 @@ def jobs(methods: list[str], folds: list[str], seeds: list[int]) -> list[tuple[s
     return [(method, fold, seed) for seed in seeds for fold in folds for method in methods]
 
 
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t interval."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def table(path: Path) -> str:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     runs = {(r["method"], r["fold"], r["seed"]): r for r in records}
@@ -164,8 +154,8 @@ def table(path: Path) -> str:
                 continue
             keys = [(f, s) for f in FOLDS for s in seeds if ("cst", f, s) in runs and (method, f, s) in runs]
             differences = [runs["cst", f, s]["tre_mm"] - runs[method, f, s][key] for f, s in keys]
-            mean, half = t_interval(differences)
-            lines.append(f"| CST − {name} | {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | {len(keys)} |")
+            mean, low, high = paired_interval(differences)
+            lines.append(f"| CST − {name} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {len(keys)} |")
         for method in ("cst", "cst_plain"):
             curves = defaultdict(list)
             for (name, fold, seed), record in runs.items():

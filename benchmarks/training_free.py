@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
 from data_modules.paired import label_patients
@@ -44,6 +43,7 @@ from regframe.estimators.registry import TRAINING_FREE
 from regframe.io import Volume, read_image, read_label
 from regframe.learn2reg import load_dataset_json
 from regframe.metrics import pair_metrics
+from regframe.paired_statistics import paired_interval
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "convexAdam (package)"
@@ -172,15 +172,6 @@ def logged_rows(log: Path) -> set[tuple[str, str, str]]:
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
-
-
-def paired_interval(differences: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t interval of paired differences (NaN bounds for fewer than 2)."""
-    mean = statistics.fmean(differences)
-    if len(differences) < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
-    return mean, mean - half, mean + half
 
 
 def table(log: Path, reference: str = PACKAGE) -> str:
