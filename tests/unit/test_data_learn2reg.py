@@ -12,7 +12,7 @@ import torch
 from data_modules.learn2reg import Learn2RegDataModule
 from regframe.learn2reg import load_dataset_json, subject_id
 from regframe.errors import RegframeInputError
-from regframe.io import write_nifti
+from regframe.io import read_label, write_nifti
 
 SHAPE = (8, 6, 10)
 SPACING = 2.0
@@ -334,3 +334,70 @@ def test_subject_with_another_spacing_is_refused(dataset: Path):
         write_nifti(dataset.parent / folder / "Tiny_0003_0000.nii.gz", np.zeros(SHAPE, np.uint8), affine)
     message = _error(dataset)
     assert "imagesTr/Tiny_0003_0000.nii.gz: spacing (2.0, 2.0, 3.0) mm differs from" in message
+
+
+def test_contiguous_labels_renumber_the_json_codes_in_order(tmp_path: Path):
+    dataset = _write_dataset(tmp_path)
+    codes = {0: 0, 1: 21, 2: 182}  # the tiny labels 0..2 stored as LPBA40-like codes
+    affine = np.diag([SPACING] * 3 + [1.0])
+    originals = {}
+    for k in range(1, 6):
+        path = tmp_path / "labelsTr" / f"Tiny_{k:04d}_0000.nii.gz"
+        label = read_label(path).array.astype(np.uint8)
+        originals[k] = label
+        write_nifti(path, np.vectorize(codes.get)(label).astype(np.uint8), affine)
+    _rewrite(dataset, labels={"0": {"182": "brainstem", "21": "frontal"}})
+    module = Learn2RegDataModule(str(dataset), contiguous_labels=True)
+    module.setup()
+    assert module.label_codes == [21, 182]
+    assert module.label_names == {1: "frontal", 2: "brainstem"}
+    subject = module.train_subjects[0]
+    assert subject["id"] == "0001"
+    np.testing.assert_array_equal(subject["label"][0].numpy(), originals[1])  # 21 -> 1, 182 -> 2, 0 stays
+
+    raw = Learn2RegDataModule(str(dataset))
+    raw.setup()
+    assert set(torch.unique(raw.train_subjects[0]["label"]).tolist()) == {0, 21, 182}
+
+
+def test_contiguous_labels_need_the_json_labels(dataset: Path):
+    data = json.loads(dataset.read_text())
+    del data["labels"]
+    dataset.write_text(json.dumps(data))
+    with pytest.raises(RegframeInputError, match="Tiny_dataset.json.*contiguous_labels"):
+        Learn2RegDataModule(str(dataset), contiguous_labels=True).setup()
+
+
+def test_held_out_pairs_follow_the_fixed_images_protocol():
+    from data_modules.learn2reg import held_out_pairs
+
+    assert held_out_pairs(4, 2) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert held_out_pairs(3, None) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+
+
+def test_test_subjects_are_held_out_of_training_and_paired_for_test(tmp_path: Path):
+    dataset = _write_dataset(tmp_path, subjects=7, val_ids=(6, 7))
+    module = Learn2RegDataModule(str(dataset), pair_order="ordered", test_subjects=["0003", 1, "0005"], test_fixed=1)
+    module.setup()
+    assert [s["id"] for s in module.train_subjects] == ["0002", "0004"]
+    assert [s["id"] for s in module.test_subjects] == ["0003", "0001", "0005"]
+    assert module.test_pairs == [(0, 1), (0, 2)]  # 0003 fixed, 0001 and 0005 moving
+    assert [s["id"] for s in module.val_subjects] == ["0006", "0007"]
+    assert [b["pair_id"] for b in module.test_dataloader()] == [["0003_0001"], ["0003_0005"]]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"test_subjects": ["0001"]}, "at least 2"),
+    ({"test_subjects": ["0001", "0002"], "test_fixed": 2}, "test_fixed"),
+])
+def test_bad_test_split_options_are_refused(dataset: Path, options, message):
+    with pytest.raises(RegframeInputError, match=message):
+        Learn2RegDataModule(str(dataset), **options)
+
+
+def test_test_subjects_must_exist_and_not_be_trained_on(dataset: Path):
+    with pytest.raises(RegframeInputError, match=r"Tiny_dataset.json: test_subjects \['0009'\]"):
+        Learn2RegDataModule(str(dataset), test_subjects=["0001", "0009"], test_fixed=1).setup()
+    with pytest.raises(RegframeInputError, match="both train_subjects and test_subjects"):
+        Learn2RegDataModule(str(dataset), train_subjects=["0001", "0002"],
+                            test_subjects=["0002", "0003"], test_fixed=1).setup()
