@@ -29,6 +29,7 @@ from rich.progress import track
 
 from regframe.errors import RegframeInputError
 from regframe.io import Volume, check_same_grid, read_displacement, read_image, read_label
+from regframe.label_groups import LABEL_GROUPS, grouped_dice
 from regframe.learn2reg import PairEntry, SubjectEntry, label_ids, load_dataset_json, read_keypoints
 from regframe.metrics import aggregate, jacobian_metrics, pair_metrics, tre
 from regframe.spatial import warp_labels
@@ -72,7 +73,7 @@ def _check_pairs(dataset_json: Path, pairs: list[PairEntry]) -> dict[str, dict[P
 
 def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | Path | None = None,
                      allow_missing: bool = False, hd95: bool = True, label_channel: int | None = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, label_groups: str | None = None) -> dict:
     """Evaluate every ``registration_val`` pair of ``dataset_json`` with the fields in ``disp_dir``.
 
     A missing ``disp_*.nii.gz`` raises :class:`RegframeInputError` naming it, unless
@@ -82,11 +83,14 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     are reported in ``unlisted_labels``); ``label_channel`` picks one channel of 4-D label files.
     Subjects with keypoints (``keypointsTr/*.csv``, voxels; fixed ``x``, moving ``y``) give the
     TRE ``|x + u(x) - y|`` in mm (mean over a pair's points), landmarks (``landmarksTr/*.csv``) the same
-    as ``tre_landmarks``. ``progress`` shows a progress bar
+    as ``tre_landmarks``. ``label_groups`` names a grouping of :data:`regframe.label_groups.LABEL_GROUPS`
+    (e.g. ``"lpba40"``): each group's codes are merged and scored as one label (``dice_groups``, and
+    their mean ``dice_grouped``). ``progress`` shows a progress bar
     (on a terminal only). Returns (and writes to ``out`` atomically, if given)::
 
         {"task", "dataset", "disp_dir", "labels": {id: name}, "unlisted_labels": [id], "hd95": bool,
          "cases": [{"pair", "fixed", "moving", "disp", "missing", "dice", "dice_per_label": {name: Dice},
+                    "dice_groups": {group: Dice}, "dice_grouped",
                     "hd95", "hd95_vox", "hd95_per_label": {name: mm}, "sdlogj_l2r", "sdlogj", "fold_pct",
                     "tre", "tre_landmarks", "seconds"}, ...],
          "aggregate": {metric: {"mean", "std", "p30", "n"[, "low30_mean"]}}}
@@ -96,6 +100,9 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     """
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)
+    if label_groups is not None and label_groups not in LABEL_GROUPS:
+        raise RegframeInputError(f"label groups {label_groups!r} unknown; known: {sorted(LABEL_GROUPS)}")
+    groups = LABEL_GROUPS[label_groups] if label_groups is not None else None
     spec = load_dataset_json(dataset_json)
     if not spec.registration_val:
         raise RegframeInputError(f"{dataset_json}: no 'registration_val' pairs to evaluate")
@@ -139,6 +146,10 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
             metrics = pair_metrics(fixed_label, moving_label, disp, fixed_volume.spacing, hd95=hd95,
                                    labels=sorted(names) or None, warped_label=warped,
                                    fixed_points=points[0], moving_points=points[1])
+            if groups is not None:
+                metrics["dice_groups"] = grouped_dice(fixed_label, warped[0, 0], groups)
+                metrics["dice_grouped"] = (sum(metrics["dice_groups"].values()) / len(metrics["dice_groups"])
+                                           if metrics["dice_groups"] else math.nan)
         else:
             metrics = jacobian_metrics(disp)
             if points[0] is not None:
@@ -188,7 +199,7 @@ def _cell(value, fmt: str, width: int) -> str:
 def format_table(result: dict) -> str:
     """Readable table: one row per pair (Dice, HD95 mm, TRE mm at keypoints and landmarks, SDlogJ,
     SDlogJ L2R, fold %; the metrics computed), then mean/std/p30, and which labels were scored."""
-    columns = [("dice", "dice", ".4f", 7), ("hd95", "hd95 mm", ".2f", 8), ("tre", "tre mm", ".3f", 7),
+    columns = [("dice", "dice", ".4f", 7), ("dice_grouped", "dice grp", ".4f", 8), ("hd95", "hd95 mm", ".2f", 8), ("tre", "tre mm", ".3f", 7),
                ("tre_landmarks", "tre lm mm", ".3f", 9),
                ("sdlogj", "sdlogj", ".4f", 7), ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("fold_pct", "fold %", ".3f", 7)]
     columns = [c for c in columns if c[0] in result["aggregate"]]
@@ -230,13 +241,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hd95", dest="hd95", action="store_false", help="skip HD95 (the slowest metric)")
     parser.add_argument("--label-channel", type=int, default=None,
                         help="channel of 4-D (one-hot / binary, channel-last) label files to score")
+    parser.add_argument("--label-groups", choices=sorted(LABEL_GROUPS), default=None,
+                        help="also score groups of labels merged into one (lpba40: 5 regions + 5 structures)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table; exit status 2 on bad input."""
     try:
         result = evaluate_dataset(args.dataset, args.disp_dir, out=args.out, allow_missing=args.allow_missing,
-                                  hd95=args.hd95, label_channel=args.label_channel, progress=sys.stderr.isatty())
+                                  hd95=args.hd95, label_channel=args.label_channel, progress=sys.stderr.isatty(),
+                                  label_groups=args.label_groups)
     except RegframeInputError as err:
         print(f"regframe evaluate: error: {err}", file=sys.stderr)
         return 2

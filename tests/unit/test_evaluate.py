@@ -242,3 +242,30 @@ def test_keypoint_errors_are_named_before_scoring(tmp_path):
     no_labels = write_dataset(bare, labels, NAMES, [(1, 2)], label_files=False)
     with pytest.raises(RegframeInputError, match="no label file and no keypoints"):
         evaluate_dataset(no_labels, tmp_path / "none", allow_missing=True)
+
+
+def test_lpba40_groups_are_scored_as_merged_labels(tmp_path, capsys):
+    # LONI codes: 21/22 (frontal) and 161/162 (hippocampus); the moving map swaps left and right
+    fixed = np.zeros(SHAPE, np.uint8)
+    fixed[:6, :5] = 21
+    fixed[:6, 5:] = 22
+    fixed[6:, :3] = 161
+    moving = fixed.copy()
+    moving[fixed == 21], moving[fixed == 22] = 22, 21
+    moving[6:, :3] = 0
+    moving[6:, :2] = 162
+    names = {21: "L frontal a", 22: "R frontal a", 161: "L hippocampus", 162: "R hippocampus"}
+    path = write_dataset(tmp_path, {1: fixed, 2: moving}, names, [(1, 2)])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--dataset", str(path), "--disp-dir", str(tmp_path / "none"), "--allow-missing", "--no-hd95",
+            "--label-groups", "lpba40", "--out", str(tmp_path / "m.json")]
+    assert main(parser.parse_args(argv)) == 0
+    assert "dice grp" in capsys.readouterr().out
+    case = json.loads((tmp_path / "m.json").read_text())["cases"][0]
+    hippocampus = 2 * (6 * 2 * 8) / (6 * 3 * 8 + 6 * 2 * 8)
+    assert case["dice_groups"] == pytest.approx({"frontal": 1.0, "hippocampus": hippocampus})
+    assert case["dice_grouped"] == pytest.approx((1.0 + hippocampus) / 2)
+    assert case["dice"] == pytest.approx(0.0)  # every structure swapped or moved to another code
+    with pytest.raises(RegframeInputError, match="label groups 'abdomen' unknown"):
+        evaluate_dataset(path, tmp_path / "none", allow_missing=True, label_groups="abdomen")
