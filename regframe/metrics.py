@@ -206,7 +206,8 @@ def jacobian_metrics(disp: Tensor | np.ndarray) -> dict[str, float]:
     - ``sdlogj_l2r``: ``std(log(clip(det + 3, 1e-9, 1e9)))``, Learn2Reg's leaderboard number
       (the ``+ 3`` is their quirk; it shrinks the value a lot, so never compare it with ``sdlogj``);
     - ``sdlogj``: ``std(log det)`` over the non-folded voxels ``det > 0`` (NaN if there are none);
-    - ``fold_pct``: percentage of voxels with ``det <= 0``.
+    - ``fold_pct``: percentage of voxels with ``det <= 0``;
+    - ``std_jac``: ``std(det)`` over all voxels, the "Std(Jac)" of the JRSS paper.
 
     Standard deviations are population (``ddof = 0``), like numpy's.
     """
@@ -221,7 +222,8 @@ def jacobian_metrics(disp: Tensor | np.ndarray) -> dict[str, float]:
     positive = det[det > 0]
     sdlogj = torch.log(positive).double().std(correction=0).item() if positive.numel() else float("nan")
     fold_pct = 100.0 * (det <= 0).double().mean()
-    return {"sdlogj_l2r": log_l2r.std(correction=0).item(), "sdlogj": sdlogj, "fold_pct": fold_pct.item()}
+    return {"sdlogj_l2r": log_l2r.std(correction=0).item(), "sdlogj": sdlogj, "fold_pct": fold_pct.item(),
+            "std_jac": det.double().std(correction=0).item()}
 
 
 def tre(fixed_points: Tensor | np.ndarray, moving_points: Tensor | np.ndarray, disp: Tensor | np.ndarray,

@@ -108,7 +108,7 @@ class RegistrationModule(pl.LightningModule):
                              spacing, labels=self.metric_labels, warped_label=warped[i : i + 1],
                              hd95=self.compute_hd95, surface_distances=self.surface_distances)
             scores = {"dice": m["dice"], "sdlogj": m["sdlogj_l2r"], "sdlogj_plain": m["sdlogj"],
-                      "fold_pct": m["fold_pct"]}
+                      "fold_pct": m["fold_pct"], "std_jac": m["std_jac"]}
             if self.compute_hd95:
                 scores["hd95"] = m["hd95"]
             if self.surface_distances:

@@ -178,6 +178,7 @@ def test_jacobian_metrics_match_numpy_gradient_reference(dims):
     assert out["fold_pct"] == pytest.approx(100.0 * (det <= 0).mean(), abs=1e-12)
     assert out["sdlogj"] == pytest.approx(np.log(det[det > 0]).std(), rel=1e-9)
     assert out["sdlogj_l2r"] == pytest.approx(np.log(np.clip(det + 3, 1e-9, 1e9)).std(), rel=1e-9)
+    assert out["std_jac"] == pytest.approx(det.std(), rel=1e-9)
     single = jacobian_metrics(torch.from_numpy(disp).float()[None])  # float32 in: same up to rounding
     for key in out:
         assert single[key] == pytest.approx(out[key], rel=1e-5)
@@ -195,6 +196,17 @@ def test_zero_and_affine_fields_have_no_spread_and_no_folds():
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in (9, 8)], indexing="ij"))
     scaled = jacobian_metrics(0.1 * grid)  # det = 1.21 everywhere
     assert scaled["fold_pct"] == 0.0 and scaled["sdlogj"] == pytest.approx(0.0, abs=1e-12)
+    assert scaled["std_jac"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_std_jac_of_a_quadratic_field_is_known():
+    # u_x = a x² (central differences are exact): det = 1 + 2 a x on the 2-voxel-cropped interior
+    a, size = 0.01, 11
+    x = torch.arange(size, dtype=torch.float64)
+    disp = torch.zeros(2, size, 7, dtype=torch.float64)
+    disp[0] = (a * x**2)[:, None]
+    inner = 1.0 + 2.0 * a * x[2:-2]
+    assert jacobian_metrics(disp)["std_jac"] == pytest.approx(float(inner.std(correction=0)), rel=1e-12)
 
 
 def test_known_fold_is_counted():
