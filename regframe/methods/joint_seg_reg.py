@@ -38,11 +38,15 @@ practice; chosen on prostate validation subjects).
 Which subjects are labelled: ``num_labelled`` drawn with ``labelled_seed`` from the data module's
 ``train_subjects`` (or listed in ``labelled_subjects``); the chosen ids are written to ``hparams``. Labels
 of the other training subjects are never read.
+``label_groups`` (e.g. ``"lpba40"``, :mod:`regframe.label_groups`) adds the segmentation Dice of groups of
+labels merged into one at validation and test, mapping classes back to label codes through the data
+module's ``label_codes``.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -52,6 +56,7 @@ from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
+from regframe.label_groups import LABEL_GROUPS, grouped_dice
 from regframe.losses import soft_dice
 from regframe.methods.base import RegistrationModule
 from regframe.objectives.label_supervised_registration import LabelSupervisedRegistrationLoss
@@ -99,8 +104,10 @@ class JointSegRegSelfTraining(RegistrationModule):
                  teacher_input: Literal["clean", "warped"] = "clean",
                  seg_lr: float = 1e-3, seg_weight_decay: float = 1e-4, reg_lr: float = 4e-4, lr_decay: float = 0.99,
                  segmenter_init: str | None = None, estimator_init: str | None = None,
-                 label_warp: str = "nearest", compute_hd95: bool = True) -> None:
+                 label_warp: str = "nearest", compute_hd95: bool = True, label_groups: str | None = None) -> None:
         super().__init__(estimator=estimator, label_warp=label_warp, compute_hd95=compute_hd95)
+        if label_groups is not None and label_groups not in LABEL_GROUPS:
+            raise RegframeInputError(f"label_groups {label_groups!r} unknown; known: {sorted(LABEL_GROUPS)}")
         self.segmenter = segmenter
         self.student_loss = StudentLoss(uncertainty_weight, seg_dice_weight)
         self.registration_loss = LabelSupervisedRegistrationLoss(smooth_weight, smooth_weight_warmup, warmup_steps,
@@ -358,8 +365,12 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     # ---- evaluation -----------------------------------------------------------------------
     def _log_segmentation(self, batch: dict[str, Any], prefix: str) -> None:
-        """Mean foreground Dice of the segmenter on the fixed and the moving image (``{prefix}/seg_dice``)."""
-        scores = []
+        """Mean foreground Dice of the segmenter on the fixed and the moving image (``{prefix}/seg_dice``);
+        with ``label_groups``, also the Dice of each group of labels merged into one
+        (``{prefix}/seg_dice_{group}``) and their mean (``{prefix}/seg_dice_grouped``)."""
+        scores, grouped = [], defaultdict(list)
+        groups = LABEL_GROUPS.get(self.hparams.label_groups) if self.hparams.label_groups is not None else None
+        codes = self._class_codes() if groups is not None else None
         for key in ("fixed", "moving"):
             if f"{key}_label" not in batch:
                 continue
@@ -369,8 +380,30 @@ class JointSegRegSelfTraining(RegistrationModule):
                 if (truth == c).any():
                     p, t = predicted == c, truth == c
                     scores.append(2.0 * (p & t).sum().item() / (p.sum() + t.sum()).item())
+            if groups is not None:
+                if codes is not None:
+                    truth, predicted = codes[truth], codes[predicted]
+                for item_truth, item_predicted in zip(truth, predicted):
+                    for name, value in grouped_dice(item_truth, item_predicted, groups).items():
+                        grouped[name].append(value)
         if scores:
             self.log(f"{prefix}/seg_dice", sum(scores) / len(scores), batch_size=1)
+        if grouped:
+            means = {name: sum(values) / len(values) for name, values in grouped.items()}
+            self.log_dict({f"{prefix}/seg_dice_{name}": value for name, value in means.items()}, batch_size=1)
+            self.log(f"{prefix}/seg_dice_grouped", sum(means.values()) / len(means), batch_size=1)
+
+    def _class_codes(self) -> Tensor | None:
+        """``(num_classes,)`` label code of every segmenter class from the data module's ``label_codes``
+        (``contiguous_labels``); None when the classes are the codes."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        label_codes = getattr(datamodule, "label_codes", None)
+        if label_codes is None:
+            return None
+        if len(label_codes) + 1 != self.segmenter.num_classes:
+            raise RegframeInputError(f"the segmenter has {self.segmenter.num_classes} classes but the data module "
+                                     f"renumbers {len(label_codes)} label codes (+ background)")
+        return torch.tensor([0, *label_codes], device=self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
         self._log_segmentation(batch, "val")

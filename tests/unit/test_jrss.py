@@ -469,3 +469,40 @@ def test_labels_of_unlabelled_subjects_are_never_read(tmp_path):
     assert {"train/ce_pseudo", "train/reg_dice_loss", "train/sym_kl"} <= set(runs[0][-1][1])
     assert runs[0][-1][1]["train/pseudo_kept"] > 0.5 and runs[0][-1][1]["train/ce_pseudo"] > 0
     assert runs[0] == runs[1]
+
+
+class FixedPrediction(torch.nn.Module):
+    """A segmenter that predicts one given class map for every input."""
+
+    def __init__(self, classes: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.classes, self.num_classes = classes, num_classes
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(self.classes, self.num_classes).movedim(-1, 0).float()
+        return onehot[None].expand(image.shape[0], -1, *self.classes.shape)
+
+
+def test_grouped_segmentation_dice_maps_classes_back_to_codes(monkeypatch):
+    # classes 1..4 stand for LONI codes 21, 22 (frontal) and 161, 162 (hippocampus)
+    truth = torch.zeros(6, 6, 6, dtype=torch.long)
+    truth[:3, :3], truth[:3, 3:], truth[3:, :2] = 1, 2, 3
+    predicted = truth.clone()
+    predicted[truth == 1], predicted[truth == 2] = 2, 1   # left/right swapped: structures 0, region 1
+    predicted[3:, :2] = 0
+    predicted[3:, :1] = 4                                 # hippocampus half found, as the other side
+    module = make_module(label_groups="lpba40")
+    module.segmenter = FixedPrediction(predicted, num_classes=5)
+    module._trainer = type("T", (), {"datamodule": type("D", (), {"label_codes": [21, 22, 161, 162]})()})()
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(module, "log_dict", lambda values, **kw: logged.update(values))
+    batch = {"fixed": torch.zeros(1, 1, 6, 6, 6), "fixed_label": truth[None, None]}
+    module._log_segmentation(batch, "test")
+    hippocampus = 2 * 36 / (72 + 36)
+    assert logged["test/seg_dice"] == pytest.approx(0.0)
+    assert logged["test/seg_dice_frontal"] == pytest.approx(1.0)
+    assert logged["test/seg_dice_hippocampus"] == pytest.approx(hippocampus)
+    assert logged["test/seg_dice_grouped"] == pytest.approx((1.0 + hippocampus) / 2)
+    with pytest.raises(RegframeInputError, match="label_groups 'brain'"):
+        make_module(label_groups="brain")
