@@ -1,0 +1,154 @@
+"""JRSS against Mono-Seg and Mono-Reg on LPBA40 with the shipped ``experiments/lpba40_jrss.yaml``.
+
+Each job (method, seed) trains through ``RegframeCLI`` (what ``regframe fit --config ...`` runs, W&B
+off) and then tests the trained model in memory on the config's 8 held-out test subjects (12
+registration pairs: 2 fixed × 6 moving, segmentation of all 8 subjects as fixed and moving images).
+The in-memory model is tested because a JRSS run's segmenter becomes the EMA teacher only at the end
+of ``fit`` (``final_segmenter="teacher"``). One JSON line per job goes to ``--out``.
+
+Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_seed`` = the seed):
+- ``jrss``: the shipped config (Mono-Seg 30 epochs, Mono-Reg 15, then 3 × (5 registration + 1 student)).
+- ``mono_seg``: the segmenter alone for 33 epochs, the steps JRSS gives its segmenter (30 + 3).
+- ``mono_reg``: registration alone (MSE + diffusion + Dice on the labelled subjects) for 30 epochs,
+  the steps JRSS gives its registration network (15 + 3 × 5), with the same warm-up.
+``--identity`` records the test pairs without registration. ``--table`` prints mean ± sd over seeds and
+the per-seed paired differences JRSS − control with a 95 % t interval. Run one process per core:
+
+    OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 1/2
+    python benchmarks/jrss_lpba40.py --identity
+    python benchmarks/jrss_lpba40.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regframe.cli import RegframeCLI
+from regframe.metrics import pair_metrics
+from regframe.paired_statistics import paired_interval
+
+CONFIG = "experiments/lpba40_jrss.yaml"
+METHODS = {  # method -> options after the shipped config
+    "jrss": [],
+    "mono_seg": ["--model.init_args.mode", "mono_seg", "--model.init_args.seg_pretrain_epochs", "33",
+                 "--trainer.max_epochs", "33"],
+    "mono_reg": ["--model.init_args.mode", "mono_reg", "--model.init_args.reg_pretrain_epochs", "30",
+                 "--trainer.max_epochs", "30"],
+}
+SEGMENTATION = ("seg_dice", "seg_dice_grouped")   # meaningful for jrss and mono_seg
+REGISTRATION = ("dice", "std_jac", "sdlogj", "fold_pct")  # for jrss and mono_reg
+
+
+def run_job(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
+    args = ["--config", CONFIG, *METHODS[method], "--seed_everything", str(seed),
+            "--model.init_args.labelled_seed", str(seed), "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", str(run_dir / f"{method}_{seed}")]
+    cli = RegframeCLI(args=args, run=False)
+    record: dict[str, Any] = {"method": method, "seed": seed, "threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    record["train_s"] = time.perf_counter() - start
+    record["steps"] = cli.trainer.global_step
+    record["labelled_ids"] = list(cli.model.hparams["labelled_ids"])
+    (tested,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    record.update({key.removeprefix("test/"): float(value) for key, value in tested.items()})
+    record["pairs"] = {r["pair_id"]: r["dice"] for r in cli.model.pair_records}
+    return record
+
+
+def identity_record() -> dict[str, Any]:
+    """Registration scores of the test pairs with the zero field (the config's data, quarter resolution)."""
+    cli = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False)
+    datamodule = cli.datamodule
+    datamodule.setup("test")
+    subjects = datamodule.test_subjects
+    pairs = {}
+    for fixed, moving in datamodule.test_pairs:
+        f, m = subjects[fixed], subjects[moving]
+        metrics = pair_metrics(f["label"][None], m["label"][None], torch.zeros(1, 3, *f["label"].shape[1:]),
+                               f["spacing"].tolist(), hd95=False)
+        pairs[f"{f['id']}_{m['id']}"] = metrics["dice"]
+    return {"method": "identity", "seed": 0, "dice": statistics.fmean(pairs.values()), "pairs": pairs}
+
+
+def table(path: Path) -> str:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_method: dict[str, dict[int, dict]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], {})[record["seed"]] = record
+    keys = [("seg_dice", "seg Dice (56)"), ("seg_dice_grouped", "seg Dice (10 groups)"),
+            ("dice", "reg Dice (56)"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
+            ("train_s", "train min")]
+    lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for method in ("identity", *METHODS):
+        runs = by_method.get(method, {})
+        if not runs:
+            continue
+        cells = []
+        for key, _ in keys:
+            applicable = not ((method == "mono_reg" and key in SEGMENTATION) or
+                              (method == "mono_seg" and key in REGISTRATION))
+            values = [r[key] / (60.0 if key == "train_s" else 1.0) for r in runs.values() if key in r]
+            if not values or not applicable:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.4f}" if key != "train_s" else f"{values[0]:.1f}")
+            else:
+                cells.append(f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}")
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "| JRSS − control (per seed) | metric | differences | mean | 95 % CI |", "|---|---|---|---|---|"]
+    for control, key in (("mono_seg", "seg_dice"), ("mono_seg", "seg_dice_grouped"), ("mono_reg", "dice")):
+        seeds = sorted(set(by_method.get("jrss", {})) & set(by_method.get(control, {})))
+        if not seeds:
+            continue
+        differences = [by_method["jrss"][s][key] - by_method[control][s][key] for s in seeds]
+        mean, low, high = paired_interval(differences)
+        lines.append(f"| JRSS − {control} | {key} | {' / '.join(f'{d:+.4f}' for d in differences)} | {mean:+.4f} "
+                     f"| [{low:+.4f}, {high:+.4f}] |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
+    parser.add_argument("--out", type=Path, default=Path("runs/jrss_lpba40.jsonl"))
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40"))
+    parser.add_argument("--identity", action="store_true", help="record the unregistered test pairs and exit")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.identity:
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(identity_record()) + "\n")
+        return
+    index, count = (int(part) for part in args.shard.split("/"))
+    done = set()
+    if args.out.exists():
+        done = {(r["method"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
+    jobs = [(method, seed) for seed in args.seeds for method in args.methods]  # seed-major
+    for number, (method, seed) in enumerate(jobs):
+        if number % count != index or (method, seed) in done:
+            continue
+        record = run_job(method, seed, args.run_dir)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"{method} seed {seed}: seg {record.get('seg_dice', float('nan')):.4f} "
+              f"reg {record.get('dice', float('nan')):.4f} in {record['train_s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

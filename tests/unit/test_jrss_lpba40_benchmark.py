@@ -1,0 +1,41 @@
+"""The LPBA40 JRSS benchmark's table: means, controls' inapplicable columns and paired differences."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "jrss_lpba40.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("jrss_lpba40", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
+    records = [{"method": "identity", "seed": 0, "dice": 0.5}]
+    for seed, (jrss_seg, seg, jrss_reg, reg) in enumerate([(0.70, 0.60, 0.62, 0.60), (0.72, 0.61, 0.64, 0.61),
+                                                           (0.74, 0.65, 0.63, 0.63)]):
+        common = {"seed": seed, "std_jac": 0.1, "sdlogj": 0.05, "fold_pct": 0.0, "train_s": 600.0}
+        records += [{"method": "jrss", "seg_dice": jrss_seg, "seg_dice_grouped": jrss_seg, "dice": jrss_reg, **common},
+                    {"method": "mono_seg", "seg_dice": seg, "seg_dice_grouped": seg, "dice": 0.4, **common},
+                    {"method": "mono_reg", "seg_dice": 0.01, "seg_dice_grouped": 0.01, "dice": reg, **common}]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    lines = benchmark.table(path).splitlines()
+    jrss = next(line for line in lines if line.startswith("| jrss |"))
+    assert "| 0.7200 ± 0.0200 |" in jrss and jrss.endswith("| 10.0000 ± 0.0000 |")  # seg Dice; train minutes
+    mono_seg = next(line for line in lines if line.startswith("| mono_seg |")).split(" | ")
+    assert mono_seg[5] == ""  # a segmentation-only run has no registration Dice
+    seg_difference = next(line for line in lines if "mono_seg | seg_dice |" in line)
+    # differences 0.10, 0.11, 0.09: mean 0.10, sd 0.01, t(0.975, 2) = 4.303 -> half-width 0.0248
+    assert "+0.1000" in seg_difference and "[+0.0752, +0.1248]" in seg_difference
+    reg_difference = next(line for line in lines if "mono_reg | dice |" in line)
+    assert "+0.0200 / +0.0300 / +0.0000" in reg_difference
