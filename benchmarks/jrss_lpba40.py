@@ -3,8 +3,8 @@
 Each job (method, seed) trains through ``RegframeCLI`` (what ``regframe fit --config ...`` runs, W&B
 off) and then tests the trained model in memory on the config's 8 held-out test subjects (12
 registration pairs: 2 fixed × 6 moving, segmentation of all 8 subjects as fixed and moving images).
-The in-memory model is tested because a JRSS run's segmenter becomes the EMA teacher only at the end
-of ``fit`` (``final_segmenter="teacher"``). One JSON line per job goes to ``--out``.
+The in-memory model is the run's final checkpoint (for JRSS: segmenter = EMA teacher,
+``final_segmenter="teacher"``). One JSON line per job goes to ``--out``.
 
 Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_seed`` = the seed):
 - ``jrss``: the shipped config (Mono-Seg 30 epochs, Mono-Reg 15, then 3 × (5 registration + 1 student)).

@@ -222,10 +222,16 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     def on_fit_end(self) -> None:
         """``final_segmenter="teacher"``: the EMA teacher's weights become the segmenter (mean-teacher
-        practice), so evaluation after fitting and checkpoints saved after it use the teacher. Checkpoints
-        written during training keep the student in ``segmenter`` and the teacher in the EMA callback's state."""
+        practice), and the run's final checkpoint (the checkpoint callback's last one) is written again
+        with them, so that ``test --ckpt_path`` and ``register --checkpoint`` use the teacher like the
+        evaluation right after fitting. Checkpoints written earlier keep the student in ``segmenter`` and
+        the teacher in the EMA callback's state."""
         if self.hparams.mode == "joint" and self.hparams.final_segmenter == "teacher":
             self.segmenter.load_state_dict(self.teacher().state_dict())
+            checkpoint = self.trainer.checkpoint_callback
+            final = checkpoint and (getattr(checkpoint, "last_model_path", "") or checkpoint.best_model_path)
+            if final:
+                self.trainer.save_checkpoint(final)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self._student_updated = False

@@ -506,3 +506,18 @@ def test_grouped_segmentation_dice_maps_classes_back_to_codes(monkeypatch):
     assert logged["test/seg_dice_grouped"] == pytest.approx((1.0 + hippocampus) / 2)
     with pytest.raises(RegframeInputError, match="label_groups 'brain'"):
         make_module(label_groups="brain")
+
+
+def test_final_checkpoint_holds_the_teacher_as_segmenter(tmp_path):
+    module = make_module(seg_pretrain_epochs=0, reg_pretrain_epochs=0, final_segmenter="teacher")
+    ema = EMATeacher(decay=0.99, ramp=False, buffers="keep")
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    trainer = pl.Trainer(max_epochs=module.schedule.total_epochs, limit_train_batches=2, limit_val_batches=1,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path, callbacks=[ema, saver])
+    trainer.fit(module, datamodule=TinyBlobs())
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    teacher = ema.teacher.state_dict()
+    assert not all(torch.equal(saved[f"segmenter.{k}"], v) for k, v in make_module().segmenter.state_dict().items())
+    for name, value in teacher.items():
+        assert torch.equal(saved[f"segmenter.{name}"], value)
