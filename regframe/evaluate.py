@@ -201,8 +201,8 @@ def format_table(result: dict) -> str:
     SDlogJ, SDlogJ L2R, Std(Jac), fold %; the metrics computed), then mean/std/p30, and which labels were scored."""
     columns = [("dice", "dice", ".4f", 7), ("dice_grouped", "dice grp", ".4f", 8), ("hd95", "hd95 mm", ".2f", 8),
                ("tre", "tre mm", ".3f", 7), ("tre_landmarks", "tre lm mm", ".3f", 9),
-               ("sdlogj", "sdlogj", ".4f", 7), ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10), ("std_jac", "std jac", ".4f", 7),
-               ("fold_pct", "fold %", ".3f", 7)]
+               ("sdlogj", "sdlogj", ".4f", 7), ("sdlogj_l2r", "sdlogj_l2r", ".4f", 10),
+               ("std_jac", "std jac", ".4f", 7), ("fold_pct", "fold %", ".3f", 7)]
     columns = [c for c in columns if c[0] in result["aggregate"]]
     pair_width = max([10] + [len(c["pair"]) + 1 for c in result["cases"]])
     lines = [f"{result['task']}: {len(result['cases'])} pairs, displacements from {result['disp_dir']}",
