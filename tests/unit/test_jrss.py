@@ -521,3 +521,17 @@ def test_final_checkpoint_holds_the_teacher_as_segmenter(tmp_path):
     assert not all(torch.equal(saved[f"segmenter.{k}"], v) for k, v in make_module().segmenter.state_dict().items())
     for name, value in teacher.items():
         assert torch.equal(saved[f"segmenter.{name}"], value)
+
+
+@pytest.mark.parametrize("background, expected_loss", [(False, 1.0 - 2 * 4 / (4 + 8)), (True, 1.0 - (0.0 + 2 * 4 / 12) / 2)])
+def test_mono_seg_dice_counts_the_background_only_when_asked(monkeypatch, background, expected_loss):
+    # truth: 4 background and 4 class-1 voxels; the segmenter floods all 8 with class 1
+    truth = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]).reshape(2, 2, 2)
+    module = make_module(seg_dice_background=background)
+    module.segmenter = FixedPrediction(torch.ones(2, 2, 2, dtype=torch.long), num_classes=2)
+    onehot = torch.nn.functional.one_hot(truth, 2).movedim(-1, 0)[None].float()
+    monkeypatch.setattr(module, "_labelled_images", lambda: (torch.zeros(1, 1, 2, 2, 2), onehot))
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    scaled = module.segmenter.forward
+    monkeypatch.setattr(module.segmenter, "forward", lambda image: 100.0 * scaled(image))  # one-hot probabilities
+    assert float(module._seg_pretrain_loss()) == pytest.approx(expected_loss, abs=1e-4)
