@@ -38,10 +38,9 @@ practice; chosen on prostate validation subjects).
 Which subjects are labelled: ``num_labelled`` drawn with ``labelled_seed`` from the data module's
 ``train_subjects`` (or listed in ``labelled_subjects``); the chosen ids are written to ``hparams``. Labels
 of the other training subjects are never read.
-``seg_dice_background`` puts the background in Mono-Seg's soft Dice (``seg_pretrain``). Many classes
-need it: on LPBA40 (56 structures) a Mono-Seg trained on the foreground Dice alone never learns the
-background class and labels most of the background as one structure, with a background confidence too
-low (mean 0.16) for the screen to keep any background pseudo label.
+``seg_dice_background`` puts the background in Mono-Seg's soft Dice (``seg_pretrain``), as one of the
+K class Dice terms averaged. On LPBA40 (56 structures) it did not stop Mono-Seg from labelling most of
+the background as one structure (benchmarks/jrss_lpba40_results.md); off by default.
 ``label_groups`` (e.g. ``"lpba40"``, :mod:`regframe.label_groups`) adds the segmentation Dice of groups of
 labels merged into one at validation and test, mapping classes back to label codes through the data
 module's ``label_codes``.
