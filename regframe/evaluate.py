@@ -29,7 +29,7 @@ from rich.progress import track
 
 from regframe.errors import RegframeInputError
 from regframe.io import Volume, check_same_grid, read_displacement, read_image, read_label
-from regframe.label_groups import LABEL_GROUPS, grouped_dice
+from regframe.label_groups import LABEL_GROUPS, grouped_dice, named_groups
 from regframe.learn2reg import PairEntry, SubjectEntry, label_ids, load_dataset_json, read_keypoints
 from regframe.metrics import aggregate, jacobian_metrics, pair_metrics, tre
 from regframe.spatial import warp_labels
@@ -100,9 +100,7 @@ def evaluate_dataset(dataset_json: str | Path, disp_dir: str | Path, out: str | 
     """
     dataset_json = Path(dataset_json)
     disp_dir = Path(disp_dir)
-    if label_groups is not None and label_groups not in LABEL_GROUPS:
-        raise RegframeInputError(f"label groups {label_groups!r} unknown; known: {sorted(LABEL_GROUPS)}")
-    groups = LABEL_GROUPS[label_groups] if label_groups is not None else None
+    groups = named_groups(label_groups) if label_groups is not None else None
     spec = load_dataset_json(dataset_json)
     if not spec.registration_val:
         raise RegframeInputError(f"{dataset_json}: no 'registration_val' pairs to evaluate")

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from regframe.errors import RegframeInputError
 from regframe.metrics import dice_per_label
 
 LABEL_GROUPS: dict[str, dict[str, tuple[int, ...]]] = {
@@ -31,6 +32,13 @@ LABEL_GROUPS: dict[str, dict[str, tuple[int, ...]]] = {
         "brainstem": (182,),
     },
 }
+
+
+def named_groups(name: str) -> dict[str, tuple[int, ...]]:
+    """The grouping ``name`` of :data:`LABEL_GROUPS`; an input error listing the known names otherwise."""
+    if name not in LABEL_GROUPS:
+        raise RegframeInputError(f"label groups {name!r} unknown; known: {sorted(LABEL_GROUPS)}")
+    return LABEL_GROUPS[name]
 
 
 def group_lookup(groups: Mapping[str, Sequence[int]], max_code: int) -> Tensor:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
-from regframe.label_groups import LABEL_GROUPS, grouped_dice
+from regframe.label_groups import grouped_dice, named_groups
 from regframe.losses import soft_dice
 from regframe.methods.base import RegistrationModule
 from regframe.objectives.label_supervised_registration import LabelSupervisedRegistrationLoss
@@ -110,8 +110,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True, label_groups: str | None = None) -> None:
         super().__init__(estimator=estimator, label_warp=label_warp, compute_hd95=compute_hd95)
-        if label_groups is not None and label_groups not in LABEL_GROUPS:
-            raise RegframeInputError(f"label_groups {label_groups!r} unknown; known: {sorted(LABEL_GROUPS)}")
+        self.label_groups = named_groups(label_groups) if label_groups is not None else None
         self.segmenter = segmenter
         self.student_loss = StudentLoss(uncertainty_weight, seg_dice_weight)
         self.registration_loss = LabelSupervisedRegistrationLoss(smooth_weight, smooth_weight_warmup, warmup_steps,
@@ -379,7 +378,7 @@ class JointSegRegSelfTraining(RegistrationModule):
         with ``label_groups``, also the Dice of each group of labels merged into one
         (``{prefix}/seg_dice_{group}``) and their mean (``{prefix}/seg_dice_grouped``)."""
         scores, grouped = [], defaultdict(list)
-        groups = LABEL_GROUPS.get(self.hparams.label_groups) if self.hparams.label_groups is not None else None
+        groups = self.label_groups
         codes = self._class_codes() if groups is not None else None
         for key in ("fixed", "moving"):
             if f"{key}_label" not in batch:

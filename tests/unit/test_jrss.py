@@ -504,7 +504,7 @@ def test_grouped_segmentation_dice_maps_classes_back_to_codes(monkeypatch):
     assert logged["test/seg_dice_frontal"] == pytest.approx(1.0)
     assert logged["test/seg_dice_hippocampus"] == pytest.approx(hippocampus)
     assert logged["test/seg_dice_grouped"] == pytest.approx((1.0 + hippocampus) / 2)
-    with pytest.raises(RegframeInputError, match="label_groups 'brain'"):
+    with pytest.raises(RegframeInputError, match="label groups 'brain' unknown"):
         make_module(label_groups="brain")
 
 
