@@ -41,6 +41,9 @@ of the other training subjects are never read.
 ``seg_dice_background`` puts the background in Mono-Seg's soft Dice (``seg_pretrain``), as one of the
 K class Dice terms averaged. On LPBA40 (56 structures) it did not stop Mono-Seg from labelling most of
 the background as one structure (benchmarks/jrss_lpba40_results.md); off by default.
+``seg_ce_weight`` adds ``seg_ce_weight`` × the student's class-weighted cross-entropy to Mono-Seg's soft
+Dice (a departure from the paper's Dice-only step 1, for many-class label maps: the cross-entropy scores
+every voxel, background included); 0 (the paper) by default.
 ``label_groups`` (e.g. ``"lpba40"``, :mod:`regframe.label_groups`) adds the segmentation Dice of groups of
 labels merged into one at validation and test, mapping classes back to label codes through the data
 module's ``label_codes``.
@@ -64,7 +67,7 @@ from regframe.losses import soft_dice
 from regframe.methods.base import RegistrationModule
 from regframe.objectives.label_supervised_registration import LabelSupervisedRegistrationLoss
 from regframe.objectives.screening import screen_pseudo_labels
-from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights
+from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights, weighted_cross_entropy
 from regframe.segmenters.base import Segmenter
 from regframe.segmenters.dropout import recalibrate_batchnorm, set_dropout
 from regframe.spatial import warp
@@ -100,7 +103,7 @@ class JointSegRegSelfTraining(RegistrationModule):
                  seg_pretrain_epochs: int = 10, reg_pretrain_epochs: int = 10, rounds: int = 3,
                  reg_epochs_per_round: int = 5, seg_epochs_per_round: int = 1,
                  tau: float = 0.6, uncertainty_weight: float = 0.5, dice_weight: float = 0.1,
-                 seg_dice_weight: float = 1.0, seg_dice_background: bool = False,
+                 seg_dice_weight: float = 1.0, seg_dice_background: bool = False, seg_ce_weight: float = 0.0,
                  smooth_weight: float = 0.025, smooth_weight_warmup: float = 0.1,
                  warmup_steps: int = 300, student_dropout: float = 0.5, seg_batch_size: int = 2,
                  ce_class_weighting: bool = True, bn_recalibration: bool = True,
@@ -286,9 +289,14 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     def _seg_pretrain_loss(self) -> Tensor:
         images, onehot = self._labelled_images()
-        probs = self.segmenter(images).softmax(dim=1)
+        logits = self.segmenter(images)
+        probs = logits.softmax(dim=1)
         loss = soft_dice(probs, onehot, include_background=self.hparams.seg_dice_background)
         self.log("train/seg_dice_loss", loss.detach(), batch_size=images.shape[0])
+        if self.hparams.seg_ce_weight > 0:
+            ce = weighted_cross_entropy(logits, onehot, self.class_weights.to(logits.device))
+            self.log("train/seg_ce_loss", ce.detach(), batch_size=images.shape[0])
+            loss = loss + self.hparams.seg_ce_weight * ce
         return loss
 
     def _teacher_probs(self, images: Tensor) -> Tensor:

@@ -3,6 +3,7 @@ recalibration, stage schedule, few-shot subject choice, initialisation from chec
 training steps of every mode on tiny in-memory data (the EMA teacher's own tests: test_ema_teacher.py)."""
 
 import copy
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -535,3 +536,20 @@ def test_mono_seg_dice_counts_the_background_only_when_asked(monkeypatch, backgr
     scaled = module.segmenter.forward
     monkeypatch.setattr(module.segmenter, "forward", lambda image: 100.0 * scaled(image))  # one-hot probabilities
     assert float(module._seg_pretrain_loss()) == pytest.approx(expected_loss, abs=1e-4)
+
+
+def test_mono_seg_cross_entropy_term_scores_the_flooded_background(monkeypatch):
+    # the flood of the test above with logits 2·one-hot (class-1 probability σ(2) everywhere), class weights 2, ½
+    truth = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]).reshape(2, 2, 2)
+    module = make_module(seg_ce_weight=0.5)
+    module.class_weights = torch.tensor([2.0, 0.5])
+    module.segmenter = FixedPrediction(torch.ones(2, 2, 2, dtype=torch.long), num_classes=2)
+    onehot = torch.nn.functional.one_hot(truth, 2).movedim(-1, 0)[None].float()
+    monkeypatch.setattr(module, "_labelled_images", lambda: (torch.zeros(1, 1, 2, 2, 2), onehot))
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    scaled = module.segmenter.forward
+    monkeypatch.setattr(module.segmenter, "forward", lambda image: 2.0 * scaled(image))
+    p = 1 / (1 + math.exp(-2.0))
+    dice = 1.0 - 2 * 4 * p / (8 * p + 4)
+    cross_entropy = (4 * 2.0 * -math.log(1 - p) + 4 * 0.5 * -math.log(p)) / 8
+    assert float(module._seg_pretrain_loss()) == pytest.approx(dice + 0.5 * cross_entropy, abs=1e-4)
