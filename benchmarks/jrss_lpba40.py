@@ -11,12 +11,13 @@ Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_se
 - ``mono_seg``: the segmenter alone for 33 epochs, the steps JRSS gives its segmenter (30 + 3).
 - ``mono_reg``: registration alone (MSE + diffusion + Dice on the labelled subjects) for 30 epochs,
   the steps JRSS gives its registration network (15 + 3 × 5), with the same warm-up.
-``--identity`` records the test pairs without registration. ``--table`` prints mean ± sd over seeds and
+``--training-free identity pyramid_mind convex_adam`` scores training-free methods on the same test pairs
+(``identity``: unregistered) at the config's resolution. ``--table`` prints mean ± sd over seeds and
 the per-seed paired differences JRSS − control with a 95 % t interval. Run one process per core:
 
     OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 0/2 &
     OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 1/2
-    python benchmarks/jrss_lpba40.py --identity
+    python benchmarks/jrss_lpba40.py --training-free identity pyramid_mind convex_adam
     python benchmarks/jrss_lpba40.py --table
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from regframe.cli import RegframeCLI
+from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.metrics import pair_metrics
 from regframe.paired_statistics import paired_interval
 
@@ -65,19 +67,29 @@ def run_job(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def identity_record() -> dict[str, Any]:
-    """Registration scores of the test pairs with the zero field (the config's data, quarter resolution)."""
+def training_free_record(name: str) -> dict[str, Any]:
+    """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
+    pairs of the config's data at its resolution (quarter), the grid JRSS is scored on; seconds per pair
+    of the registration call alone (median)."""
     cli = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False)
     datamodule = cli.datamodule
     datamodule.setup("test")
     subjects = datamodule.test_subjects
-    pairs = {}
+    estimator = build_training_free(name).eval()
+    pairs, scores, seconds = {}, [], []
     for fixed, moving in datamodule.test_pairs:
         f, m = subjects[fixed], subjects[moving]
-        metrics = pair_metrics(f["label"][None], m["label"][None], torch.zeros(1, 3, *f["label"].shape[1:]),
-                               f["spacing"].tolist(), hd95=False)
+        start = time.perf_counter()
+        with torch.no_grad():
+            field = estimator(f["image"][None].float(), m["image"][None].float())
+        seconds.append(time.perf_counter() - start)
+        metrics = pair_metrics(f["label"][None], m["label"][None], field, f["spacing"].tolist(), hd95=False)
         pairs[f"{f['id']}_{m['id']}"] = metrics["dice"]
-    return {"method": "identity", "seed": 0, "dice": statistics.fmean(pairs.values()), "pairs": pairs}
+        scores.append(metrics)
+    record = {"method": name, "seed": 0, "threads": torch.get_num_threads(), "pairs": pairs,
+              "seconds_per_pair": statistics.median(seconds)}
+    record.update({key: statistics.fmean(s[key] for s in scores) for key in REGISTRATION})
+    return record
 
 
 def table(path: Path) -> str:
@@ -87,21 +99,21 @@ def table(path: Path) -> str:
         by_method.setdefault(record["method"], {})[record["seed"]] = record
     keys = [("seg_dice", "seg Dice (56)"), ("seg_dice_grouped", "seg Dice (10 groups)"),
             ("dice", "reg Dice (56)"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
-            ("train_s", "train min")]
+            ("train_s", "train min"), ("seconds_per_pair", "s per pair")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for method in ("identity", *METHODS):
+    for method in (*TRAINING_FREE, *METHODS):
         runs = by_method.get(method, {})
         if not runs:
             continue
         cells = []
         for key, _ in keys:
-            applicable = not ((method == "mono_reg" and key in SEGMENTATION) or
+            applicable = not ((method != "jrss" and method != "mono_seg" and key in SEGMENTATION) or
                               (method == "mono_seg" and key in REGISTRATION))
             values = [r[key] / (60.0 if key == "train_s" else 1.0) for r in runs.values() if key in r]
             if not values or not applicable:
                 cells.append("")
             elif len(values) == 1:
-                cells.append(f"{values[0]:.4f}" if key != "train_s" else f"{values[0]:.1f}")
+                cells.append(f"{values[0]:.4f}" if key not in ("train_s", "seconds_per_pair") else f"{values[0]:.1f}")
             else:
                 cells.append(f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}")
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
@@ -124,16 +136,20 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     parser.add_argument("--out", type=Path, default=Path("runs/jrss_lpba40.jsonl"))
     parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40"))
-    parser.add_argument("--identity", action="store_true", help="record the unregistered test pairs and exit")
+    parser.add_argument("--training-free", nargs="+", choices=list(TRAINING_FREE), metavar="NAME",
+                        help="record training-free methods (identity: unregistered) on the test pairs and exit")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.identity:
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(identity_record()) + "\n")
+    if args.training_free:
+        for name in args.training_free:
+            record = training_free_record(name)
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(f"{name}: reg {record['dice']:.4f}, {record['seconds_per_pair']:.2f} s per pair", flush=True)
         return
     index, count = (int(part) for part in args.shard.split("/"))
     done = set()

@@ -20,7 +20,9 @@ def benchmark():
 
 
 def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
-    records = [{"method": "identity", "seed": 0, "dice": 0.5}]
+    records = [{"method": "identity", "seed": 0, "dice": 0.5},
+               {"method": "pyramid_mind", "seed": 0, "dice": 0.61, "std_jac": 0.2, "sdlogj": 0.07, "fold_pct": 0.1,
+                "seconds_per_pair": 2.5}]
     for seed, (jrss_seg, seg, jrss_reg, reg) in enumerate([(0.70, 0.60, 0.62, 0.60), (0.72, 0.61, 0.64, 0.61),
                                                            (0.74, 0.65, 0.63, 0.63)]):
         common = {"seed": seed, "std_jac": 0.1, "sdlogj": 0.05, "fold_pct": 0.0, "train_s": 600.0}
@@ -31,7 +33,9 @@ def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in records))
     lines = benchmark.table(path).splitlines()
     jrss = next(line for line in lines if line.startswith("| jrss |"))
-    assert "| 0.7200 ± 0.0200 |" in jrss and jrss.endswith("| 10.0000 ± 0.0000 |")  # seg Dice; train minutes
+    assert "| 0.7200 ± 0.0200 |" in jrss and jrss.endswith("| 10.0000 ± 0.0000 |  |")  # seg Dice; train minutes
+    training_free = next(line for line in lines if line.startswith("| pyramid_mind |"))
+    assert training_free == "| pyramid_mind | 1 |  |  | 0.6100 | 0.2000 | 0.0700 | 0.1000 |  | 2.5 |"
     mono_seg = next(line for line in lines if line.startswith("| mono_seg |")).split(" | ")
     assert mono_seg[5] == ""  # a segmentation-only run has no registration Dice
     seg_difference = next(line for line in lines if "mono_seg | seg_dice |" in line)
