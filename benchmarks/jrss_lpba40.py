@@ -10,7 +10,11 @@ Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_se
 - ``jrss``: the shipped config (Mono-Seg 30 epochs, Mono-Reg 15, then 3 × (5 registration + 1 student)).
 - ``mono_seg``: the segmenter alone for 33 epochs, the steps JRSS gives its segmenter (30 + 3).
 - ``mono_reg``: registration alone (MSE + diffusion + Dice on the labelled subjects) for 30 epochs,
-  the steps JRSS gives its registration network (15 + 3 × 5), with the same warm-up.
+  the steps JRSS gives its registration network (15 + 3 × 5), with the same warm-up: the weakly
+  supervised VoxelMorph-style control on the N labelled subjects.
+- ``frozen_pseudo_reg``: JRSS's stages without the student epochs (Mono-Seg 30, Mono-Reg 15, then 15
+  registration epochs on the screened pseudo labels of the Mono-Seg segmenter, never updated): the same
+  registration steps with pseudo labels that joint training never improves.
 ``--training-free identity pyramid_mind convex_adam`` scores training-free methods on the same test pairs
 (``identity``: unregistered) at the config's resolution. ``--table`` prints mean ± sd over seeds and
 the per-seed paired differences JRSS − control with a 95 % t interval. Run one process per core:
@@ -44,6 +48,7 @@ METHODS = {  # method -> options after the shipped config
                  "--trainer.max_epochs", "33"],
     "mono_reg": ["--model.init_args.mode", "mono_reg", "--model.init_args.reg_pretrain_epochs", "30",
                  "--trainer.max_epochs", "30"],
+    "frozen_pseudo_reg": ["--model.init_args.mode", "frozen_pseudo_reg", "--trainer.max_epochs", "60"],
 }
 SEGMENTATION = ("seg_dice", "seg_dice_grouped")   # meaningful for jrss and mono_seg
 REGISTRATION = ("dice", "std_jac", "sdlogj", "fold_pct")  # for jrss and mono_reg
@@ -118,7 +123,8 @@ def table(path: Path) -> str:
                 cells.append(f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}")
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += ["", "| JRSS − control (per seed) | metric | differences | mean | 95 % CI |", "|---|---|---|---|---|"]
-    for control, key in (("mono_seg", "seg_dice"), ("mono_seg", "seg_dice_grouped"), ("mono_reg", "dice")):
+    for control, key in (("mono_seg", "seg_dice"), ("mono_seg", "seg_dice_grouped"), ("mono_reg", "dice"),
+                         ("frozen_pseudo_reg", "dice")):
         seeds = sorted(set(by_method.get("jrss", {})) & set(by_method.get(control, {})))
         if not seeds:
             continue
