@@ -65,6 +65,7 @@ from regframe.estimators.base import DisplacementEstimator
 from regframe.label_groups import grouped_dice, named_groups
 from regframe.losses import soft_dice
 from regframe.methods.base import RegistrationModule
+from regframe.metrics import dice_per_label
 from regframe.objectives.label_supervised_registration import LabelSupervisedRegistrationLoss
 from regframe.objectives.screening import screen_pseudo_labels
 from regframe.objectives.segmentation import StudentLoss, inverse_sqrt_frequency_weights, weighted_cross_entropy
@@ -382,7 +383,8 @@ class JointSegRegSelfTraining(RegistrationModule):
 
     # ---- evaluation -----------------------------------------------------------------------
     def _log_segmentation(self, batch: dict[str, Any], prefix: str) -> None:
-        """Mean foreground Dice of the segmenter on the fixed and the moving image (``{prefix}/seg_dice``);
+        """Mean foreground Dice of the segmenter on the fixed and the moving image, over the classes in each
+        true label map (``{prefix}/seg_dice``);
         with ``label_groups``, also the Dice of each group of labels merged into one
         (``{prefix}/seg_dice_{group}``) and their mean (``{prefix}/seg_dice_grouped``)."""
         scores, grouped = [], defaultdict(list)
@@ -392,11 +394,10 @@ class JointSegRegSelfTraining(RegistrationModule):
             if f"{key}_label" not in batch:
                 continue
             predicted = self.segmenter(batch[key]).argmax(dim=1)
-            truth = batch[f"{key}_label"][:, 0]
-            for c in range(1, self.segmenter.num_classes):
-                if (truth == c).any():
-                    p, t = predicted == c, truth == c
-                    scores.append(2.0 * (p & t).sum().item() / (p.sum() + t.sum()).item())
+            truth = batch[f"{key}_label"][:, 0].long()
+            for item_truth, item_predicted in zip(truth, predicted):
+                present = [c for c in item_truth.unique().tolist() if c > 0]
+                scores += dice_per_label(item_truth, item_predicted, present).values()
             if groups is not None:
                 if codes is not None:
                     truth, predicted = codes[truth], codes[predicted]

@@ -553,3 +553,16 @@ def test_mono_seg_cross_entropy_term_scores_the_flooded_background(monkeypatch):
     dice = 1.0 - 2 * 4 * p / (8 * p + 4)
     cross_entropy = (4 * 2.0 * -math.log(1 - p) + 4 * 0.5 * -math.log(p)) / 8
     assert float(module._seg_pretrain_loss()) == pytest.approx(dice + 0.5 * cross_entropy, abs=1e-4)
+
+
+def test_segmentation_dice_is_per_image_over_the_classes_each_truth_holds(monkeypatch):
+    predicted = torch.ones(4, 4, 4, dtype=torch.long)
+    predicted[:, :, 2:] = 2                                  # left half class 1, right half class 2
+    truth = torch.stack([predicted, torch.ones_like(predicted)])[:, None]   # image 2: class 1 everywhere
+    module = make_module()
+    module.segmenter = FixedPrediction(predicted, num_classes=3)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    module._log_segmentation({"fixed": torch.zeros(2, 1, 4, 4, 4), "fixed_label": truth}, "val")
+    # image 1: classes 1 and 2 exact; image 2: class 1 Dice 2·32 / (32 + 64) (pooled over the batch: 0.9)
+    assert logged["val/seg_dice"] == pytest.approx((1.0 + 1.0 + 2 / 3) / 3)
