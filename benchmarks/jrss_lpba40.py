@@ -54,13 +54,15 @@ SEGMENTATION = ("seg_dice", "seg_dice_grouped")   # meaningful for jrss and mono
 REGISTRATION = ("dice", "std_jac", "sdlogj", "fold_pct")  # for jrss and mono_reg
 
 
-def run_job(method: str, seed: int, run_dir: Path) -> dict[str, Any]:
+def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5) -> dict[str, Any]:
     args = ["--config", CONFIG, *METHODS[method], "--seed_everything", str(seed),
-            "--model.init_args.labelled_seed", str(seed), "--trainer.logger", "false",
+            "--model.init_args.labelled_seed", str(seed), "--model.init_args.num_labelled", str(num_labelled),
+            "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(run_dir / f"{method}_{seed}")]
+            "--trainer.default_root_dir", str(run_dir / f"{method}_n{num_labelled}_{seed}")]
     cli = RegframeCLI(args=args, run=False)
-    record: dict[str, Any] = {"method": method, "seed": seed, "threads": torch.get_num_threads()}
+    record: dict[str, Any] = {"method": method, "seed": seed, "num_labelled": num_labelled,
+                              "threads": torch.get_num_threads()}
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     record["train_s"] = time.perf_counter() - start
@@ -139,6 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--num-labelled", type=int, default=5,
+                        help="N labelled training subjects (the paper: 1, 3, 5, 7); one --out file per N")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     parser.add_argument("--out", type=Path, default=Path("runs/jrss_lpba40.jsonl"))
     parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40"))
@@ -165,7 +169,7 @@ def main() -> None:
     for number, (method, seed) in enumerate(jobs):
         if number % count != index or (method, seed) in done:
             continue
-        record = run_job(method, seed, args.run_dir)
+        record = run_job(method, seed, args.run_dir, args.num_labelled)
         with args.out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         print(f"{method} seed {seed}: seg {record.get('seg_dice', float('nan')):.4f} "
