@@ -43,3 +43,28 @@ def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     assert "+0.1000" in seg_difference and "[+0.0752, +0.1248]" in seg_difference
     reg_difference = next(line for line in lines if "mono_reg | dice |" in line)
     assert "+0.0200 / +0.0300 / +0.0000" in reg_difference
+
+
+def test_averaged_last_epochs_is_an_ema_from_its_start_epoch(benchmark):
+    from types import SimpleNamespace
+
+    import torch
+
+    segmenter = torch.nn.Conv3d(1, 2, 1)
+    module = SimpleNamespace(segmenter=segmenter, hparams=SimpleNamespace(seg_batch_size=2))
+    trainer = SimpleNamespace(current_epoch=0,
+                              datamodule=SimpleNamespace(train_subjects=[{"image": torch.zeros(1, 2, 2, 2)}]))
+    callback = benchmark.AveragedLastEpochs(start_epoch=1, decay=0.5)
+    with torch.no_grad():
+        segmenter.weight.fill_(8.0)
+    callback.on_train_epoch_start(trainer, module)
+    callback.on_train_batch_end(trainer, module)          # epoch 0: before the start, nothing averaged
+    assert callback.ema.teacher is None
+    trainer.current_epoch = 1
+    callback.on_train_epoch_start(trainer, module)        # restart from the weights 8
+    for value in (4.0, 0.0):
+        with torch.no_grad():
+            segmenter.weight.fill_(value)
+        callback.on_train_batch_end(trainer, module)
+    callback.on_train_end(trainer, module)
+    assert torch.allclose(segmenter.weight, torch.full_like(segmenter.weight, (8 * 0.5 + 4 * 0.5) * 0.5))
