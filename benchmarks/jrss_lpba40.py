@@ -170,6 +170,17 @@ def table(path: Path) -> str:
         mean, low, high = paired_interval(differences)
         lines.append(f"| JRSS − {control} | {key} | {' / '.join(f'{d:+.4f}' for d in differences)} | {mean:+.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] |")
+    lines += ["", "| JRSS − training-free (per pair, JRSS averaged over seeds) | pairs | JRSS higher | mean | 95 % CI |",
+              "|---|---|---|---|---|"]
+    jrss_runs = list(by_method.get("jrss", {}).values())
+    for name in TRAINING_FREE:
+        reference = by_method.get(name, {}).get(0, {}).get("pairs")
+        if name == "identity" or not reference or not jrss_runs or not all("pairs" in r for r in jrss_runs):
+            continue
+        differences = [statistics.fmean(r["pairs"][pair] for r in jrss_runs) - dice for pair, dice in reference.items()]
+        mean, low, high = paired_interval(differences)
+        lines.append(f"| JRSS − {name} | {len(differences)} | {sum(d > 0 for d in differences)} | {mean:+.4f} "
+                     f"| [{low:+.4f}, {high:+.4f}] |")
     return "\n".join(lines)
 
 

@@ -22,11 +22,12 @@ def benchmark():
 def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     records = [{"method": "identity", "seed": 0, "dice": 0.5},
                {"method": "pyramid_mind", "seed": 0, "dice": 0.61, "std_jac": 0.2, "sdlogj": 0.07, "fold_pct": 0.1,
-                "seconds_per_pair": 2.5}]
+                "seconds_per_pair": 2.5, "pairs": {"a": 0.60, "b": 0.62}}]
     for seed, (jrss_seg, seg, jrss_reg, reg) in enumerate([(0.70, 0.60, 0.62, 0.60), (0.72, 0.61, 0.64, 0.61),
                                                            (0.74, 0.65, 0.63, 0.63)]):
         common = {"seed": seed, "std_jac": 0.1, "sdlogj": 0.05, "fold_pct": 0.0, "train_s": 600.0}
-        records += [{"method": "jrss", "seg_dice": jrss_seg, "seg_dice_grouped": jrss_seg, "dice": jrss_reg, **common},
+        records += [{"method": "jrss", "seg_dice": jrss_seg, "seg_dice_grouped": jrss_seg, "dice": jrss_reg,
+                     "pairs": {"a": jrss_reg, "b": jrss_reg - 0.01}, **common},
                     {"method": "mono_seg", "seg_dice": seg, "seg_dice_grouped": seg, "dice": 0.4, **common},
                     {"method": "mono_reg", "seg_dice": 0.01, "seg_dice_grouped": 0.01, "dice": reg, **common}]
     path = tmp_path / "runs.jsonl"
@@ -43,6 +44,9 @@ def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     assert "+0.1000" in seg_difference and "[+0.0752, +0.1248]" in seg_difference
     reg_difference = next(line for line in lines if "mono_reg | dice |" in line)
     assert "+0.0200 / +0.0300 / +0.0000" in reg_difference
+    # per pair: JRSS means 0.63 and 0.62 against 0.60 and 0.62 -> +0.03, 0.00; t(0.975, 1) = 12.706
+    to_training_free = next(line for line in lines if line.startswith("| JRSS − pyramid_mind |"))
+    assert to_training_free == "| JRSS − pyramid_mind | 2 | 1 | +0.0150 | [-0.1756, +0.2056] |"
 
 
 def test_averaged_last_epochs_is_an_ema_from_its_start_epoch(benchmark):
