@@ -134,6 +134,34 @@ def training_free_record(name: str) -> dict[str, Any]:
     return record
 
 
+def write_test_dataset(folder: Path) -> Path:
+    """A Learn2Reg folder holding only the config's test split: ``LPBA40_dataset.json`` whose ``training``
+    lists the test subjects and whose ``registration_val`` lists the test pairs (each of the first
+    ``test_fixed`` subjects fixed, every other test subject moving), beside links to the shared
+    ``imagesTr``/``labelsTr`` folders; what ``regframe register --dataset`` and ``regframe evaluate`` read."""
+    data = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False).datamodule
+    source = Path(data.dataset_json).resolve()
+    spec = json.loads(source.read_text())
+    ids = data.test_subject_ids
+    fixed_count = data.test_fixed
+
+    def image(subject: str) -> str:
+        return f"./imagesTr/LPBA40_{subject}_0000.nii.gz"
+
+    spec["training"] = [entry for entry in spec["training"] if entry["image"] in {image(i) for i in ids}]
+    spec["numTraining"] = len(spec["training"])
+    spec["registration_val"] = [{"fixed": image(f), "moving": image(m)} for f in ids[:fixed_count]
+                                for m in ids if m not in ids[:fixed_count]]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("imagesTr", "labelsTr"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(source.parent / name, target_is_directory=True)
+    path = folder / "LPBA40_dataset.json"
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
 def table(path: Path) -> str:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by_method: dict[str, dict[int, dict]] = {}
@@ -196,9 +224,14 @@ def main() -> None:
     parser.add_argument("--training-free", nargs="+", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record training-free methods (identity: unregistered) on the test pairs and exit")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--write-test-dataset", type=Path, metavar="FOLDER",
+                        help="write a Learn2Reg folder of the test split (for register / evaluate) and exit")
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
+        return
+    if args.write_test_dataset:
+        print(write_test_dataset(args.write_test_dataset))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.training_free:
