@@ -114,6 +114,8 @@ class JointSegRegSelfTraining(RegistrationModule):
                  segmenter_init: str | None = None, estimator_init: str | None = None,
                  label_warp: str = "nearest", compute_hd95: bool = True, label_groups: str | None = None) -> None:
         super().__init__(estimator=estimator, label_warp=label_warp, compute_hd95=compute_hd95)
+        if seg_ce_weight < 0:
+            raise RegframeInputError(f"seg_ce_weight must be >= 0, got {seg_ce_weight}")
         self.label_groups = named_groups(label_groups) if label_groups is not None else None
         self.segmenter = segmenter
         self.student_loss = StudentLoss(uncertainty_weight, seg_dice_weight)

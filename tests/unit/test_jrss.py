@@ -553,6 +553,8 @@ def test_mono_seg_cross_entropy_term_scores_the_flooded_background(monkeypatch):
     dice = 1.0 - 2 * 4 * p / (8 * p + 4)
     cross_entropy = (4 * 2.0 * -math.log(1 - p) + 4 * 0.5 * -math.log(p)) / 8
     assert float(module._seg_pretrain_loss()) == pytest.approx(dice + 0.5 * cross_entropy, abs=1e-4)
+    with pytest.raises(RegframeInputError, match="seg_ce_weight must be >= 0"):
+        make_module(seg_ce_weight=-1.0)
 
 
 def test_segmentation_dice_is_per_image_over_the_classes_each_truth_holds(monkeypatch):
