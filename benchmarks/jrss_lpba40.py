@@ -19,7 +19,9 @@ Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_se
   registration epochs on the screened pseudo labels of the Mono-Seg segmenter, never updated): the same
   registration steps with pseudo labels that joint training never improves.
 ``--training-free identity pyramid_mind convex_adam`` scores training-free methods on the same test pairs
-(``identity``: unregistered) at the config's resolution. ``--table`` prints mean ± sd over seeds and
+(``identity``: unregistered) at the config's resolution. ``--write-test-dataset FOLDER`` writes the test
+split as a Learn2Reg folder for ``regframe register --dataset`` / ``regframe evaluate`` at full resolution.
+``--num-labelled N`` changes N (one ``--out`` file per N). ``--table`` prints mean ± sd over seeds and
 the per-seed paired differences JRSS − control with a 95 % t interval. Run one process per core:
 
     OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 0/2 &
@@ -58,8 +60,8 @@ METHODS = {  # method -> options after the shipped config
 }
 METHODS["mono_seg_ema"] = METHODS["mono_seg"]   # + AveragedLastEpochs: the weight averaging of JRSS's teacher
 SEGMENTATION_METHODS = ("jrss", "mono_seg", "mono_seg_ema")
-SEGMENTATION = ("seg_dice", "seg_dice_grouped")   # meaningful for jrss and mono_seg
-REGISTRATION = ("dice", "std_jac", "sdlogj", "fold_pct")  # for jrss and mono_reg
+SEGMENTATION = ("seg_dice", "seg_dice_grouped")   # meaningful for SEGMENTATION_METHODS
+REGISTRATION = ("dice", "std_jac", "sdlogj", "fold_pct")  # for every method but the Mono-Seg ones
 
 
 class AveragedLastEpochs(pl.Callback):
