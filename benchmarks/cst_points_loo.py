@@ -39,6 +39,7 @@ import torch
 from regframe.cli import RegframeCLI
 from regframe.estimators.point_refinement import RefinedPoints
 from regframe.estimators.protocols import trained_network
+from regframe.job_shards import append_record, pending_jobs
 from regframe.paired_statistics import paired_interval
 from regframe.point_metrics import landmark_tre
 
@@ -187,17 +188,11 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    index, count = (int(part) for part in args.shard.split("/"))
-    done = set()
-    if args.out.exists():
-        done = {(r["method"], r["fold"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for number, (method, fold, seed) in enumerate(jobs(args.methods, args.folds, args.seeds)):
-        if number % count != index or (method, fold, seed) in done:
-            continue
+    job_list = jobs(args.methods, args.folds, args.seeds)
+    done_key = lambda record: (record["method"], record["fold"], record["seed"])  # noqa: E731
+    for method, fold, seed in pending_jobs(job_list, args.shard, args.out, done_key):
         record = run_job(method, fold, seed, args.root, args.run_dir)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(args.out, record)
         print(f"{method} {fold} seed {seed}: TRE {record['tre_mm']:.2f} mm (initial {record['initial_tre_mm']:.2f}) "
               f"in {record['train_s']:.0f} s", flush=True)
 

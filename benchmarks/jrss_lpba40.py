@@ -45,6 +45,7 @@ import torch
 from callbacks.ema import EMATeacher
 from regframe.cli import RegframeCLI
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
+from regframe.job_shards import append_record, pending_jobs
 from regframe.metrics import pair_metrics
 from regframe.paired_statistics import paired_interval
 from regframe.segmenters.dropout import recalibrate_batchnorm
@@ -200,8 +201,8 @@ def table(path: Path) -> str:
         mean, low, high = paired_interval(differences)
         lines.append(f"| JRSS − {control} | {key} | {' / '.join(f'{d:+.4f}' for d in differences)} | {mean:+.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] |")
-    lines += ["", "| JRSS − training-free (per pair, JRSS averaged over seeds) | pairs | JRSS higher | mean | 95 % CI |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| JRSS − training-free (per pair, JRSS averaged over seeds) | pairs | JRSS higher | mean "
+              "| 95 % CI |", "|---|---|---|---|---|"]
     jrss_runs = list(by_method.get("jrss", {}).values())
     for name in TRAINING_FREE:
         reference = by_method.get(name, {}).get(0, {}).get("pairs")
@@ -239,21 +240,13 @@ def main() -> None:
     if args.training_free:
         for name in args.training_free:
             record = training_free_record(name)
-            with args.out.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_record(args.out, record)
             print(f"{name}: reg {record['dice']:.4f}, {record['seconds_per_pair']:.2f} s per pair", flush=True)
         return
-    index, count = (int(part) for part in args.shard.split("/"))
-    done = set()
-    if args.out.exists():
-        done = {(r["method"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
     jobs = [(method, seed) for seed in args.seeds for method in args.methods]  # seed-major
-    for number, (method, seed) in enumerate(jobs):
-        if number % count != index or (method, seed) in done:
-            continue
+    for method, seed in pending_jobs(jobs, args.shard, args.out, lambda r: (r["method"], r["seed"])):
         record = run_job(method, seed, args.run_dir, args.num_labelled)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(args.out, record)
         print(f"{method} seed {seed}: seg {record.get('seg_dice', float('nan')):.4f} "
               f"reg {record.get('dice', float('nan')):.4f} in {record['train_s']:.0f} s", flush=True)
 

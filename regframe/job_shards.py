@@ -1,0 +1,40 @@
+"""Resumable, sharded job lists for benchmark scripts: one JSON line per finished job in an output file,
+jobs already there skipped, every n-th job run by shard i (one process per core)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+Job = TypeVar("Job", bound=Hashable)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def pending_jobs(jobs: Sequence[Job], shard: str, out: Path, key: Callable[[dict[str, Any]], Job]) -> Iterator[Job]:
+    """The jobs of ``shard`` (every n-th of ``jobs`` from the i-th) whose ``key(record)`` is not yet in ``out``."""
+    index, count = parse_shard(shard)
+    done = set()
+    if out.exists():
+        done = {key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()}
+    for number, job in enumerate(jobs):
+        if number % count == index and job not in done:
+            yield job
+
+
+def append_record(out: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``out`` as one JSON line (folders created)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
