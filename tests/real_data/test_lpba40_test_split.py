@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,12 @@ import pytest
 from regframe.learn2reg import load_dataset_json
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "jrss_lpba40.py"
 
 
-def test_written_test_dataset_lists_the_configs_test_pairs(shared_data, tmp_path, monkeypatch):
+def test_written_test_dataset_lists_the_configs_test_pairs(shared_data, benchmark_script, tmp_path, monkeypatch):
     if not (REPO.parent / "shared" / "data" / "LPBA40").is_dir():
         pytest.skip("the config reads ../shared/data/LPBA40, which is absent")
-    spec = importlib.util.spec_from_file_location("jrss_lpba40", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = benchmark_script("jrss_lpba40")
     monkeypatch.chdir(REPO)
     written = load_dataset_json(benchmark.write_test_dataset(tmp_path / "test_split"))
     subject = lambda path: Path(path).name.split("_")[1]  # noqa: E731

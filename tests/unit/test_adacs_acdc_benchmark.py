@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,15 +9,10 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_rel
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("adacs_acdc", REPO / "benchmarks" / "adacs_acdc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_script):
+    return benchmark_script("adacs_acdc")
 
 
 def test_every_run_is_the_shipped_config_with_its_overlays(bench, tmp_path: Path):
