@@ -13,6 +13,7 @@ mapping ``(B, 1, *S) -> (B, C, *S')``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -57,13 +58,17 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
             warped there, the steps are composed there, and the field is upsampled to the image grid
             once at the end. ``False`` warps the full-resolution features and composes on the image
             grid at every level (several times the memory traffic; slightly different numerics).
+        min_level_cells: a level whose grid has fewer cells than this along its shortest axis is
+            skipped (the finest level always runs). On small volumes a coarse level of a few cells
+            searches a large fraction of the field of view on features averaged over whole organs and
+            locks onto wrong matches that the finer levels cannot undo. 1 runs every level.
     """
 
     def __init__(self, features: nn.Module | None = None, image_resample_factor: float = 1.0, grid_spacing: int = 2,
                  levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3), metric: str = "ssd",
                  box_filters: int = 1, smooth_iters: int = 1, schedule: Sequence[float] = CONVEX_SCHEDULE,
                  ice: bool = False, slab_size: int | None = 16, recompute_features: bool = True,
-                 coarse_composition: bool = False) -> None:
+                 coarse_composition: bool = False, min_level_cells: int = 1) -> None:
         super().__init__()
         if len(levels) != len(radii) or not levels:
             raise RegframeInputError(f"levels {tuple(levels)} and radii {tuple(radii)} must be non-empty and of equal length")
@@ -86,6 +91,9 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
             raise RegframeInputError("coarse_composition needs recompute_features=False (it warps pooled features)")
         self.recompute_features = recompute_features
         self.coarse_composition = coarse_composition
+        if min_level_cells < 1:
+            raise RegframeInputError(f"min_level_cells must be >= 1, got {min_level_cells}")
+        self.min_level_cells = min_level_cells
 
     def extract(self, image: Tensor) -> Tensor:
         """Features of ``image (B, 1, *S)`` pooled to ``image_resample_factor`` (before ``grid_spacing``)."""
@@ -94,6 +102,15 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
     def io_features(self, image: Tensor) -> Tensor:
         """The pyramid's features (:meth:`extract`) serve instance optimisation."""
         return self.extract(image)
+
+    def active_levels(self, feature_shape: Sequence[int]) -> list[tuple[int, int]]:
+        """The ``(factor, radius)`` pairs that run on features of spatial shape ``feature_shape``:
+        every level whose grid (``ceil(size / (grid_spacing * factor))`` cells per axis) has at least
+        ``min_level_cells`` cells along its shortest axis, and always the finest level."""
+        levels = list(zip(self.levels, self.radii))
+        kept = [(factor, radius) for factor, radius in levels[:-1]
+                if min(math.ceil(size / (self.grid_spacing * factor)) for size in feature_shape) >= self.min_level_cells]
+        return kept + levels[-1:]
 
     def _level_step(self, fixed_feat: Tensor, moving_feat: Tensor, radius: int) -> Tensor:
         """Convex-optimised displacement ``(B, D, *G)`` in voxels of the level grid ``G``."""
@@ -122,7 +139,7 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
             return self._coarse_field(fixed_feat, moving_feat), fixed_feat, moving_feat
         shape = fixed.shape[2:]
         disp = fixed.new_zeros(fixed.shape[0], len(shape), *shape)
-        for index, (factor, radius) in enumerate(zip(self.levels, self.radii)):
+        for index, (factor, radius) in enumerate(self.active_levels(fixed_feat.shape[2:])):
             if index == 0:
                 warped_feat = moving_feat
             elif self.recompute_features:
@@ -140,7 +157,7 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         fixed_grid, moving_grid = pool(fixed_feat, self.grid_spacing), pool(moving_feat, self.grid_spacing)
         grid = fixed_grid.shape[2:]
         disp = fixed_grid.new_zeros(fixed_grid.shape[0], len(grid), *grid)
-        for index, (factor, radius) in enumerate(zip(self.levels, self.radii)):
+        for index, (factor, radius) in enumerate(self.active_levels(fixed_feat.shape[2:])):
             warped = moving_grid if index == 0 else warp(moving_grid, disp)
             step = self._level_step(pool(fixed_grid, factor), pool(warped, factor), radius)
             disp = compose(disp, resize_field(step, grid))
@@ -151,7 +168,7 @@ class CorrelationPyramidEstimator(DisplacementEstimator):
         return resize_field(self.field_and_features(fixed, moving)[0], fixed.shape[2:])
 
 
-def mind_pyramid(smooth_iters: int = 2) -> CorrelationPyramidEstimator:
+def mind_pyramid(smooth_iters: int = 2, min_level_cells: int = 1) -> CorrelationPyramidEstimator:
     """CPU-fast pyramid on MIND-SSC (ConvexAdam's r 1, d 2 on the full-resolution image, extracted
     once per image; the field is composed on the finest level's grid, see ``coarse_composition``).
     Levels on grids of 8, 4 and 2 image voxels with radii 3, 2, 1 (search reach 8·3 + 4·2 + 2·1 =
@@ -159,4 +176,5 @@ def mind_pyramid(smooth_iters: int = 2) -> CorrelationPyramidEstimator:
     The registry's ``pyramid_mind`` adds 20 Adam IO iterations on the 2-voxel grid around it."""
     return CorrelationPyramidEstimator(
         features=MINDSSC(radius=1, dilation=2), grid_spacing=2, levels=(4, 2, 1), radii=(3, 2, 1), metric="ssd",
-        box_filters=2, smooth_iters=smooth_iters, recompute_features=False, coarse_composition=True)
+        box_filters=2, smooth_iters=smooth_iters, recompute_features=False, coarse_composition=True,
+        min_level_cells=min_level_cells)

@@ -24,13 +24,15 @@ def _convex_adam() -> DisplacementEstimator:
     return convex_adam()
 
 
-def _pyramid_mind() -> DisplacementEstimator:
+def pyramid_mind(**pyramid_options: int) -> DisplacementEstimator:
+    """The MIND pyramid (:func:`regframe.estimators.pyramid.mind_pyramid`, options passed on) refined
+    by 20 Adam iterations on the 2-voxel grid; the registry's ``pyramid_mind``."""
     from regframe.estimators.pyramid import mind_pyramid
     from regframe.estimators.refine import Refined
     from regframe.optim.instance import InstanceOptimisation
 
     # Adam settings chosen on 7 training pairs of AbdomenCTCT_synth (benchmarks/training_free_results.md)
-    return Refined(mind_pyramid(), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25,
+    return Refined(mind_pyramid(**pyramid_options), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25,
                                                         foreground_threshold=0.05, foreground_margin=2,
                                                         final_smoothing=1, final_smoothing_kernel=3))
 
@@ -45,7 +47,7 @@ TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
     "identity": IdentityEstimator,
     "affine": _affine,
     "convex_adam": _convex_adam,
-    "pyramid_mind": _pyramid_mind,
+    "pyramid_mind": pyramid_mind,
     "pyramid_mind_fast": _pyramid_mind_fast,
 }
 

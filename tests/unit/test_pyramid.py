@@ -66,6 +66,41 @@ def test_coarse_composition_recovers_a_translation(blob_volume, shift):
         CorrelationPyramidEstimator(coarse_composition=True)
 
 
+def test_active_levels_count_cells_along_the_shortest_axis():
+    """Level grid = ceil(size / (grid_spacing · factor)) per axis; a level runs when its shortest axis
+    has >= min_level_cells cells; the finest level always runs."""
+    pyramid = CorrelationPyramidEstimator(grid_spacing=2, levels=(4, 2, 1), radii=(3, 2, 1), min_level_cells=8)
+    # 69×69×64 (prostate MR): coarsest ceil(64 / 8) = 8 cells -> runs; with 9 it does not
+    assert pyramid.active_levels((69, 69, 64)) == [(4, 3), (2, 2), (1, 1)]
+    assert pyramid.active_levels((69, 69, 57)) == [(4, 3), (2, 2), (1, 1)]  # ceil(57 / 8) = 8
+    assert pyramid.active_levels((69, 69, 56)) == [(2, 2), (1, 1)]  # 7 cells
+    pyramid.min_level_cells = 9
+    assert pyramid.active_levels((69, 69, 64)) == [(2, 2), (1, 1)]
+    assert pyramid.active_levels((72, 80, 80)) == [(4, 3), (2, 2), (1, 1)]  # 9 cells
+    pyramid.min_level_cells = 100
+    assert pyramid.active_levels((40, 48, 40)) == [(1, 1)]  # never below the finest level
+    assert CorrelationPyramidEstimator(levels=(4, 2, 1), radii=(3, 2, 1)).active_levels((2, 2, 2)) == [
+        (4, 3), (2, 2), (1, 1)]  # the default 1 runs every level
+    with pytest.raises(RegframeInputError, match="min_level_cells"):
+        CorrelationPyramidEstimator(min_level_cells=0)
+
+
+@pytest.mark.parametrize("coarse_composition", [False, True])
+def test_a_skipped_level_gives_the_pyramid_without_it(blob_volume, coarse_composition):
+    """On the 20×24×22 blob with grid spacing 1, level factor 4 has ceil(20 / 4) = 5 cells along the
+    shortest axis: min_level_cells = 6 drops it, and the field equals that of the pyramid built
+    without that level, exactly; with 5 it runs and changes the field."""
+    moving = torch.roll(blob_volume, shifts=(3, 0, -2), dims=(2, 3, 4))
+    settings = dict(features=MINDSSC(1, 1), grid_spacing=1, smooth_iters=1, recompute_features=False,
+                    coarse_composition=coarse_composition)
+    skipping = CorrelationPyramidEstimator(levels=(4, 2, 1), radii=(2, 2, 1), min_level_cells=6, **settings)
+    without = CorrelationPyramidEstimator(levels=(2, 1), radii=(2, 1), **settings)
+    every = CorrelationPyramidEstimator(levels=(4, 2, 1), radii=(2, 2, 1), min_level_cells=5, **settings)
+    assert skipping.active_levels(blob_volume.shape[2:]) == [(2, 2), (1, 1)]
+    torch.testing.assert_close(skipping(blob_volume, moving), without(blob_volume, moving), atol=0, rtol=0)
+    assert not torch.equal(every(blob_volume, moving), without(blob_volume, moving))
+
+
 class CountingMIND(MINDSSC):
     calls = 0
 
