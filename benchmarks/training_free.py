@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor
 
 from data_modules.paired import label_patients
-from regframe.estimators.registry import TRAINING_FREE
+from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.io import Volume, read_image, read_label
 from regframe.learn2reg import load_dataset_json
 from regframe.metrics import pair_metrics
@@ -110,11 +111,13 @@ def brain_pair(root: Path) -> list[dict]:
              "moving_label": folder / "subject_b_aseg.nii.gz", "labels": labels}]
 
 
-def prostate_pairs(root: Path, count: int) -> list[dict]:
+def prostate_pairs(root: Path, count: int, half: str | None = None) -> list[dict]:
     """Inter-patient MR–MR pairs of ``prostate_mr_us``, scored by the Dice of the prostate gland
     (label channel 0). Several cases are the same patient's MR (near-identical images, identical
     gland labels: 80 cases, 56 distinct labels), so cases are first grouped by their gland label and
-    only the first case of each group is used; consecutive ones form the pairs."""
+    only the first case of each group is used; consecutive ones form the pairs. ``half``: of those
+    pairs, ``"tuning"`` keeps the 14 drawn by ``random.Random(0).shuffle`` (for choosing prostate
+    settings; dataset ``prostate_mr_tuning``), ``"report"`` the other 14 (``prostate_mr_report``)."""
     folder = root / "prostate_mr_us"
     labels = {path.name.removesuffix(".nii.gz"): path for path in sorted((folder / "moving_labels").glob("*.nii.gz"))}
     first_of_patient: dict[str, str] = {}
@@ -123,11 +126,17 @@ def prostate_pairs(root: Path, count: int) -> list[dict]:
     cases = sorted(first_of_patient.values())
     pairs = []
     for fixed, moving in list(zip(cases[0::2], cases[1::2]))[:count]:
-        pairs.append({"dataset": "prostate_mr", "id": f"{fixed}<-{moving}", "labels": [1], "label_channel": 0,
+        pairs.append({"dataset": f"prostate_mr_{half}" if half else "prostate_mr", "id": f"{fixed}<-{moving}",
+                      "labels": [1], "label_channel": 0,
                       **{f"{role}{suffix}": folder / f"moving_{kind}" / f"{case}.nii.gz"
                          for role, case in (("fixed", fixed), ("moving", moving))
                          for suffix, kind in (("", "images"), ("_label", "labels"))}})
-    return pairs
+    if half is None:
+        return pairs
+    order = list(range(len(pairs)))
+    random.Random(0).shuffle(order)
+    chosen = order[:len(pairs) // 2] if half == "tuning" else order[len(pairs) // 2:]
+    return [pairs[index] for index in sorted(chosen)]
 
 
 def load_pair(pair: dict) -> tuple[Volume, Tensor, Tensor, Tensor, Tensor]:
@@ -206,7 +215,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, default=REPO / "benchmarks" / "results" / "training_free.jsonl")
     parser.add_argument("--methods", nargs="+", default=["pyramid_mind", "pyramid_mind_fast"],
-                        help=f"regframe methods from the registry ({', '.join(sorted(TRAINING_FREE))})")
+                        help=f"regframe methods from the registry ({', '.join(sorted(TRAINING_FREE))}), "
+                             "with options as NAME:KEY=VALUE,...")
     parser.add_argument("--pairs", type=int, default=None, help="first N abdomen pairs (default all 15)")
     parser.add_argument("--split", choices=("registration_val", "training"), default="registration_val",
                         help="abdomen pairs: the 15 reported ones, or 7 pairs of training subjects for tuning")
@@ -215,6 +225,8 @@ def main() -> None:
     parser.add_argument("--no-abdomen", action="store_true", help="leave out the abdomen pairs")
     parser.add_argument("--prostate", type=int, default=0,
                         help="also the first N inter-patient prostate MR-MR pairs (gland Dice)")
+    parser.add_argument("--prostate-half", choices=("tuning", "report"), default=None,
+                        help="of those prostate pairs, only the seeded tuning half or the other (report) half")
     parser.add_argument("--embedding-checkpoint", type=Path, default=None,
                         help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' (abdomen only)")
     parser.add_argument("--threads", type=int, default=2)
@@ -235,7 +247,7 @@ def main() -> None:
         else:
             methods[PACKAGE] = package
     for name in args.methods:
-        methods[name] = TRAINING_FREE[name]()
+        methods[name] = build_training_free(name)
     abdomen_methods = dict(methods)
     if args.embedding_checkpoint is not None:
         abdomen_methods["samconvex_embedding"] = embedding_method(args.embedding_checkpoint)
@@ -245,7 +257,7 @@ def main() -> None:
             evaluate(pair, methods, args.log)
     for pair in [] if args.no_abdomen else abdomen_pairs(root, args.pairs, args.split):
         evaluate(pair, abdomen_methods, args.log)
-    for pair in prostate_pairs(root, args.prostate):
+    for pair in prostate_pairs(root, args.prostate, args.prostate_half):
         evaluate(pair, methods, args.log)
     print(table(args.log))
 

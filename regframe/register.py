@@ -32,7 +32,7 @@ from regframe.checkpoint import read_checkpoint, recorded_preprocessing
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.prealigned import AffinePrealigned
-from regframe.estimators.registry import TRAINING_FREE, build_training_free
+from regframe.estimators.registry import METHOD_OPTIONS, TRAINING_FREE, build_training_free
 from regframe.evaluate import displacement_name
 from regframe.io import Volume, image_stem, read_image, read_label, write_displacement, write_nifti
 from regframe.itk import write_itk_displacement
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
-    parser.add_argument("--method", help="training-free method name (see --list-methods)")
+    parser.add_argument("--method", help="training-free method NAME or NAME:KEY=VALUE,... (see --list-methods)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method")
     parser.add_argument("--affine", action="store_true",
                         help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
@@ -306,7 +306,8 @@ def write_outputs(job: PairJob, disp: Tensor, fixed: Volume, moving: Volume) -> 
 
 def main(args: argparse.Namespace) -> int:
     if args.list_methods:
-        print("\n".join(sorted(TRAINING_FREE)))
+        print("\n".join(f"{name}  (options: {', '.join(f'{key}=INT' for key in METHOD_OPTIONS[name])})"
+                        if name in METHOD_OPTIONS else name for name in sorted(TRAINING_FREE)))
         return 0
     check_options(args)
     jobs = plan_jobs(args)

@@ -1,7 +1,8 @@
 """Training-free estimators by name, for ``regframe register --method NAME``.
 
-Each entry maps a name to a zero-argument factory returning a ready ``DisplacementEstimator``.
-Add a method by adding one line here.
+Each entry maps a name to a factory returning a ready ``DisplacementEstimator``; the integer options
+a factory takes are listed in :data:`METHOD_OPTIONS` and given as ``NAME:KEY=VALUE[,KEY=VALUE]``
+(``pyramid_mind:min_level_cells=17``). Add a method by adding one line here.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def pyramid_mind(**pyramid_options: int) -> DisplacementEstimator:
                                                         final_smoothing=1, final_smoothing_kernel=3))
 
 
-def _pyramid_mind_fast() -> DisplacementEstimator:
+def _pyramid_mind_fast(**pyramid_options: int) -> DisplacementEstimator:
     from regframe.estimators.pyramid import mind_pyramid
 
-    return mind_pyramid()
+    return mind_pyramid(**pyramid_options)
 
 
 TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
@@ -52,8 +53,33 @@ TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
 }
 
 
-def build_training_free(name: str) -> DisplacementEstimator:
-    """Instantiate the training-free method ``name`` or raise a clear error listing the choices."""
+# Integer options of the factories above (passed on to mind_pyramid).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "pyramid_mind": ("min_level_cells", "smooth_iters"),
+    "pyramid_mind_fast": ("min_level_cells", "smooth_iters"),
+}
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, int]]:
+    """``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE]`` -> (name, integer options), checked against
+    :data:`TRAINING_FREE` and :data:`METHOD_OPTIONS`; a clear error names what is wrong."""
+    name, _, option_text = spec.partition(":")
     if name not in TRAINING_FREE:
         raise RegframeInputError(f"unknown method {name!r}; choose one of: {', '.join(sorted(TRAINING_FREE))}")
-    return TRAINING_FREE[name]()
+    accepted = METHOD_OPTIONS.get(name, ())
+    options: dict[str, int] = {}
+    for item in filter(None, option_text.split(",")):
+        key, equals, value = item.partition("=")
+        if key not in accepted:
+            raise RegframeInputError(f"method {name!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+        try:
+            options[key] = int(value)
+        except ValueError:
+            raise RegframeInputError(f"method {spec!r}: option {key!r} needs an integer, got {value if equals else 'nothing'!r}") from None
+    return name, options
+
+
+def build_training_free(spec: str) -> DisplacementEstimator:
+    """Instantiate the training-free method ``NAME`` or ``NAME:KEY=VALUE,...`` (:func:`parse_method`)."""
+    name, options = parse_method(spec)
+    return TRAINING_FREE[name](**options)

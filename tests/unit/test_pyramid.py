@@ -3,6 +3,8 @@ volumes with known answers."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from regframe.errors import RegframeInputError
 from regframe.estimators.convex_adam import convex_adam
 from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid
 from regframe.estimators.refine import Refined
-from regframe.estimators.registry import build_training_free
+from regframe.estimators.registry import build_training_free, parse_method
 from regframe.features.mind import MINDSSC
 from regframe.optim.adam import adam_instance_optimisation
 from regframe.optim.instance import InstanceOptimisation
@@ -162,6 +164,22 @@ def test_registry_has_the_training_free_methods():
     assert mind_pyramid().coarse_composition
     assert isinstance(build_training_free("pyramid_mind_fast"), CorrelationPyramidEstimator)
     assert mind_pyramid().levels == (4, 2, 1)
+
+
+def test_method_specs_pass_integer_options_and_name_what_is_wrong():
+    estimator = build_training_free("pyramid_mind:min_level_cells=17,smooth_iters=1")
+    assert estimator.estimator.min_level_cells == 17 and estimator.estimator.smooth_iters == 1
+    assert build_training_free("pyramid_mind_fast:min_level_cells=9").min_level_cells == 9
+    assert build_training_free("pyramid_mind").estimator.min_level_cells == 1
+    assert parse_method("convex_adam") == ("convex_adam", {})
+    for spec, message in (("pyramid:x=1", "unknown method 'pyramid'"),
+                          ("pyramid_mind:levels=3", "no option 'levels'; its options: min_level_cells"),
+                          ("convex_adam:min_level_cells=3", "its options: none"),
+                          ("pyramid_mind:min_level_cells=2.5", "needs an integer, got '2.5'"),
+                          ("pyramid_mind:min_level_cells", "needs an integer, got 'nothing'"),
+                          ("pyramid_mind:min_level_cells=0", "min_level_cells must be >= 1")):
+        with pytest.raises(RegframeInputError, match=re.escape(message)):
+            build_training_free(spec)
 
 
 def test_pool_and_bad_configuration():
