@@ -215,6 +215,40 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def table_by_n(paths: list[Path]) -> str:
+    """One row per N labelled (the records' ``num_labelled``, one file per N): JRSS and Mono-Seg
+    segmentation Dice, JRSS and Mono-Reg registration Dice (mean ± sd over seeds) and JRSS − control
+    per seed (mean, 95 % t interval) where both ran on the same seeds; the paper's Fig. 3 as a table.
+    Records without ``num_labelled`` are from before ``--num-labelled`` existed: N = 5, its default."""
+    by_n: dict[int, dict[str, dict[int, dict]]] = {}
+    for path in paths:
+        for record in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+            if record["method"] in METHODS:
+                by_n.setdefault(record.get("num_labelled", 5), {}).setdefault(record["method"], {})[record["seed"]] = record
+
+    def spread(runs: dict[int, dict], key: str) -> str:
+        values = [r[key] for r in runs.values()]
+        if len(values) < 2:
+            return f"{values[0]:.4f}" if values else ""
+        return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    def difference(runs: dict[str, dict[int, dict]], control: str, key: str) -> str:
+        seeds = sorted(set(runs.get("jrss", {})) & set(runs.get(control, {})))
+        if len(seeds) < 2:
+            return ""
+        mean, low, high = paired_interval([runs["jrss"][s][key] - runs[control][s][key] for s in seeds])
+        return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+    lines = ["| N | seeds | seg JRSS | seg Mono-Seg | JRSS − Mono-Seg | reg JRSS | reg Mono-Reg | JRSS − Mono-Reg |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, runs in sorted(by_n.items()):
+        lines.append(f"| {n} | {len(runs.get('jrss', {}))} | {spread(runs.get('jrss', {}), 'seg_dice')} | "
+                     f"{spread(runs.get('mono_seg', {}), 'seg_dice')} | {difference(runs, 'mono_seg', 'seg_dice')} | "
+                     f"{spread(runs.get('jrss', {}), 'dice')} | {spread(runs.get('mono_reg', {}), 'dice')} | "
+                     f"{difference(runs, 'mono_reg', 'dice')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -227,11 +261,16 @@ def main() -> None:
     parser.add_argument("--training-free", nargs="+", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record training-free methods (identity: unregistered) on the test pairs and exit")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--by-n", nargs="+", type=Path, metavar="OUT",
+                        help="print one row per N labelled from these --out files and exit")
     parser.add_argument("--write-test-dataset", type=Path, metavar="FOLDER",
                         help="write a Learn2Reg folder of the test split (for register / evaluate) and exit")
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
+        return
+    if args.by_n:
+        print(table_by_n(args.by_n))
         return
     if args.write_test_dataset:
         print(write_test_dataset(args.write_test_dataset))

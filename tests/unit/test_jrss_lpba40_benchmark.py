@@ -42,6 +42,23 @@ def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     assert to_training_free == "| JRSS − pyramid_mind | 2 | 1 | +0.0150 | [-0.1756, +0.2056] |"
 
 
+def test_table_by_n_has_one_row_per_n_with_paired_differences(benchmark, tmp_path):
+    paths = []
+    for n, offset in ((1, 0.0), (5, 0.2)):
+        records = [{"method": method, "seed": seed, "num_labelled": n, "seg_dice": seg + offset, "dice": reg + offset}
+                   for seed, (jrss_seg, seg, jrss_reg, reg) in enumerate([(0.5, 0.3, 0.6, 0.5), (0.6, 0.3, 0.6, 0.6),
+                                                                          (0.7, 0.6, 0.6, 0.7)])
+                   for method, seg, reg in (("jrss", jrss_seg, jrss_reg), ("mono_seg", seg, 0.0))]
+        records.append({"method": "pyramid_mind", "seed": 0, "num_labelled": n, "dice": 0.9})  # not a trained row
+        paths.append(tmp_path / f"n{n}.jsonl")
+        paths[-1].write_text("\n".join(json.dumps(r) for r in records))
+    lines = benchmark.table_by_n(paths).splitlines()
+    # seg differences 0.2, 0.3, 0.1: mean 0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3) = 0.2484
+    assert lines[2] == ("| 1 | 3 | 0.6000 ± 0.1000 | 0.4000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] | "
+                        "0.6000 ± 0.0000 |  |  |")
+    assert lines[3].startswith("| 5 | 3 | 0.8000 ± 0.1000 | 0.6000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] | 0.8000")
+
+
 def test_averaged_last_epochs_is_an_ema_from_its_start_epoch(benchmark):
     from types import SimpleNamespace
 
