@@ -1,67 +1,64 @@
-"""Pixel-wise contrastive (InfoNCE) loss for self-supervised anatomical embeddings.
+"""InfoNCE with sampled negatives for self-supervised anatomical embeddings (SAM, Yan et al. 2022).
 
-Two crops of one scan overlap; a voxel ``p`` of crop A shows the same physical point as voxel
-``p + shift`` of crop B. For sampled anchors in A the positive is the embedding of the same point
-in B; negatives are the embeddings of B most similar to the anchor (hard negatives) among those
-farther than ``exclusion_radius`` grid voxels from the positive.
+Each anchor has one positive (the embedding of the same physical point in another view) and a set
+of candidates: every embedding vector of both views, and of another scan. Candidates closer than an
+ignore radius to the anchor's physical point are never negatives (``valid`` is False there). Of the
+valid candidates, ``num_hard`` are drawn at random from the ``hard_pool`` most similar ones (ranked
+by ``ranking``, SAM: local + global similarity) and ``num_random`` uniformly; during a warm-up
+``num_hard = 0`` gives random negatives only. Drawing hard negatives from a pool instead of taking
+the hardest avoids the state in which a constant embedding is the lowest loss (all negatives are the
+same tissue as the anchor).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def pixel_infonce(emb_a: Tensor, emb_b: Tensor, shift: Sequence[int], num_points: int = 64,
-                  num_negatives: int = 64, exclusion_radius: float = 2.0, temperature: float = 0.5,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """InfoNCE over corresponding points of two embedding maps of overlapping crops.
+def sample_negatives(valid: Tensor, ranking: Tensor | None, num_hard: int, hard_pool: int, num_random: int,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Indices ``(N, num_hard + num_random)`` of negatives per anchor among its valid candidates.
 
     Args:
-        emb_a, emb_b: ``(C, *S_a)`` and ``(C, *S_b)`` unit-length embeddings (2D or 3D grids).
-        shift: integer offset (grid voxels) with ``emb_a[:, p] ~ emb_b[:, p + shift]``.
-        num_points: anchors sampled in the overlap.
-        num_negatives: hardest negatives kept per anchor.
-        exclusion_radius: voxels of B within this distance (grid voxels) of the positive are no negatives.
-        temperature: softmax temperature (SAM uses 0.5).
-    Returns the mean loss (scalar); zero (with graph) if the crops do not overlap.
+        valid: ``(N, M)`` bool, the candidates that may be negatives of each anchor (each row needs one).
+        ranking: ``(N, M)`` similarity ranking the hard pool (required when ``num_hard > 0``).
+        num_hard: drawn without replacement from the ``hard_pool`` best-ranked valid candidates.
+        num_random: drawn uniformly (with replacement) from all valid candidates.
     """
-    dims = emb_a.dim() - 1
-    shape_a, shape_b = emb_a.shape[1:], emb_b.shape[1:]
-    shift_t = torch.tensor(list(shift), device=emb_a.device)
-    low = torch.clamp(-shift_t, min=0)
-    high = torch.minimum(torch.tensor(shape_a, device=emb_a.device),
-                         torch.tensor(shape_b, device=emb_a.device) - shift_t)
-    if bool((high <= low).any()):
-        return emb_a.sum() * 0.0
-    rand = torch.rand(num_points, dims, generator=generator).to(emb_a.device)
-    points_a = (low + rand * (high - low).float()).long().clamp(max=high - 1)
-    points_b = points_a + shift_t
-    flat_a = emb_a.flatten(1)
-    flat_b = emb_b.flatten(1)
-    index_a = _ravel(points_a, shape_a)
-    index_b = _ravel(points_b, shape_b)
-    anchors = flat_a[:, index_a].T                         # (N, C)
-    positives = flat_b[:, index_b].T                       # (N, C)
-    similarity = anchors @ flat_b                          # (N, M)
-    coords_b = torch.stack(torch.meshgrid(*[torch.arange(n, device=emb_a.device) for n in shape_b],
-                                          indexing="ij"), dim=-1).reshape(-1, dims)
-    distance = torch.cdist(points_b.float(), coords_b.float())
-    similarity = similarity.masked_fill(distance <= exclusion_radius, float("-inf"))
-    k = min(num_negatives, similarity.shape[1])
-    negatives = similarity.topk(k, dim=1).values            # hardest negatives (N, k)
-    positive = (anchors * positives).sum(dim=1, keepdim=True)
-    logits = torch.cat([positive, negatives], dim=1) / temperature
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, target)
+    if not bool(valid.any(dim=1).all()):
+        raise ValueError("every anchor needs at least one valid candidate")
+    chosen = []
+    if num_hard > 0:
+        pool = min(hard_pool, valid.shape[1])
+        scores = ranking.detach().masked_fill(~valid, float("-inf"))
+        best = scores.topk(pool, dim=1)
+        # a random subset of the pool: rank the pool's entries by random keys, invalid ones last
+        keys = torch.rand(best.indices.shape, generator=generator).to(valid.device)
+        keys = keys.masked_fill(torch.isinf(best.values), 2.0)
+        order = keys.argsort(dim=1)[:, :num_hard]
+        picked = best.indices.gather(1, order)
+        picked_valid = valid.gather(1, picked)
+        # rows with fewer valid pool entries than num_hard: fill with the row's best candidate
+        chosen.append(torch.where(picked_valid, picked, best.indices[:, :1]))
+    if num_random > 0:
+        weights = valid.float() if generator is None else valid.float().cpu()  # the generator is a CPU one
+        chosen.append(torch.multinomial(weights, num_random, replacement=True, generator=generator).to(valid.device))
+    return torch.cat(chosen, dim=1)
 
 
-def _ravel(points: Tensor, shape: Sequence[int]) -> Tensor:
-    """Flat indices of integer ``points (N, D)`` in a C-ordered grid of ``shape``."""
-    index = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
-    for axis, n in enumerate(shape):
-        index = index * n + points[:, axis]
-    return index
+def sampled_infonce(anchors: Tensor, positives: Tensor, candidates: Tensor, negatives: Tensor,
+                    temperature: float = 0.5) -> tuple[Tensor, Tensor]:
+    """InfoNCE of unit-length ``anchors (N, C)`` against ``positives (N, C)`` and the negatives
+    ``candidates[negatives] ((M, C), indices (N, K))``.
+
+    Returns the mean loss ``-log(e^{a·p/t} / (e^{a·p/t} + sum_k e^{a·n_k/t}))`` and the mean
+    similarity gap ``a·p - mean_k a·n_k`` (detached; near 0 when the embedding collapses).
+    """
+    positive = (anchors * positives).sum(dim=1, keepdim=True)                # (N, 1)
+    negative = torch.einsum("nc,nkc->nk", anchors, candidates[negatives])     # (N, K)
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    loss = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+    gap = (positive.squeeze(1) - negative.mean(dim=1)).mean().detach()
+    return loss, gap

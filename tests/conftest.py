@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -99,10 +100,13 @@ def fake_acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def benchmark_script() -> Callable[[str], ModuleType]:
-    """Loader of a script of ``benchmarks/`` by name (``"jrss_lpba40"``) as a module, each loaded once."""
+    """Loader of a script of ``benchmarks/`` by name (``"jrss_lpba40"``) as a module, each loaded once;
+    ``benchmarks/`` is on ``sys.path`` as when the script runs, so sibling imports work."""
     loaded: dict[str, ModuleType] = {}
 
     def load(name: str) -> ModuleType:
+        if str(REPO_ROOT / "benchmarks") not in sys.path:
+            sys.path.append(str(REPO_ROOT / "benchmarks"))
         if name not in loaded:
             spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
             module = importlib.util.module_from_spec(spec)

@@ -14,6 +14,7 @@ Widths default to CPU-sized values; the paper's model is ResNet-18 with 128 + 12
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,24 +23,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regframe.checkpoint import read_checkpoint, recorded_preprocessing
+from regframe.errors import RegframeInputError
 from regframe.preprocess import Preprocessing
+
+NORMS = ("group", "instance")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """GroupNorm (up to 8 groups; a point's features do not depend on the crop's statistics the way
+    they do with instance norm) or InstanceNorm, with affine parameters."""
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.InstanceNorm3d(channels, affine=True)
 
 
 class _ResidualBlock(nn.Module):
-    """Two 3×3×3 convs with instance norm and a projected shortcut; ``stride`` 1 or 2."""
+    """Two 3×3×3 convs with normalisation (:func:`_norm`) and a projected shortcut; ``stride`` 1 or 2."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str = "group") -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-            nn.InstanceNorm3d(out_ch, affine=True),
+            _norm(norm, out_ch),
             nn.LeakyReLU(0.1, inplace=True),
             nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.InstanceNorm3d(out_ch, affine=True),
+            _norm(norm, out_ch),
         )
         self.shortcut = (nn.Identity() if stride == 1 and in_ch == out_ch else
-                         nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False),
-                                       nn.InstanceNorm3d(out_ch, affine=True)))
+                         nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False), _norm(norm, out_ch)))
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,18 +65,21 @@ class AnatomicalEmbedding(nn.Module):
             four levels reach 1/16).
         fpn_width: channels of the FPN decoder.
         local_dim / global_dim: embedding sizes of the fine and coarse heads.
+        norm: ``"group"`` (default) or ``"instance"`` (checkpoints made before the option).
     Input ``(B, 1, *S)`` with every side divisible by ``2**len(widths)`` for exact shapes (other
     sizes work; the decoder resizes to the skip connections).
     """
 
     def __init__(self, widths: Sequence[int] = (16, 24, 32, 48), fpn_width: int = 32,
-                 local_dim: int = 16, global_dim: int = 16) -> None:
+                 local_dim: int = 16, global_dim: int = 16, norm: str = "group") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise RegframeInputError(f"norm must be one of {NORMS}, got {norm!r}")
         widths = list(widths)
         self.stem = nn.Sequential(nn.Conv3d(1, widths[0], 3, stride=2, padding=1, bias=False),
-                                  nn.InstanceNorm3d(widths[0], affine=True), nn.LeakyReLU(0.1, inplace=True),
-                                  _ResidualBlock(widths[0], widths[0], 1))
-        self.stages = nn.ModuleList(_ResidualBlock(a, b, 2) for a, b in zip(widths[:-1], widths[1:]))
+                                  _norm(norm, widths[0]), nn.LeakyReLU(0.1, inplace=True),
+                                  _ResidualBlock(widths[0], widths[0], 1, norm))
+        self.stages = nn.ModuleList(_ResidualBlock(a, b, 2, norm) for a, b in zip(widths[:-1], widths[1:]))
         self.lateral = nn.ModuleList(nn.Conv3d(w, fpn_width, 1) for w in widths)
         self.smooth = nn.Conv3d(fpn_width, fpn_width, 3, padding=1)
         self.local_head = nn.Sequential(nn.LeakyReLU(0.1), nn.Conv3d(fpn_width, local_dim, 1))
@@ -100,7 +114,8 @@ def load_embedding(checkpoint: str | Path) -> tuple[AnatomicalEmbedding, Preproc
     preprocessing of its pre-training data (intensity map, resampling). Loaded with ``weights_only``."""
     state = read_checkpoint(checkpoint, "AnatomicalEmbeddingPretraining")
     hp = state["hyper_parameters"]
-    embedding = AnatomicalEmbedding(hp["widths"], hp["fpn_width"], hp["local_dim"], hp["global_dim"])
+    embedding = AnatomicalEmbedding(hp["widths"], hp["fpn_width"], hp["local_dim"], hp["global_dim"],
+                                    hp.get("norm", "instance"))
     weights = {k[len("embedding."):]: v for k, v in state["state_dict"].items() if k.startswith("embedding.")}
     embedding.load_state_dict(weights)
     return embedding.eval(), recorded_preprocessing(checkpoint, state)
