@@ -2,7 +2,7 @@
 
 For each of the 7 pairs of AbdomenCTCT_synth training subjects on which settings are chosen
 (``training_free.TRAINING_PAIRS``, never ``registration_val``), every feature extractor maps both
-scans to its grid; ``--points`` voxels of subject A drawn uniformly take the label of the most similar
+scans to its grid; ``--points`` voxels of subject A drawn uniformly (the same ones for every extractor) take the label of the most similar
 voxel of subject B (cosine, :func:`regframe.embedding_retrieval.retrieval_dice`), and the Dice over
 the organs present in both is averaged. Extractors: MIND-SSC (r 1, d 2, pooled to the embedding's
 grid), the untrained embedding network (seed 0) and each ``--checkpoint`` of
@@ -61,15 +61,15 @@ def extractors(checkpoints: list[Path]) -> tuple[dict[str, nn.Module], Preproces
 @torch.no_grad()
 def run(checkpoints: list[Path], points: int, out: Path) -> None:
     found, prep = extractors(checkpoints)
-    generator = torch.Generator().manual_seed(0)
-    for entry in abdomen_pairs(shared_data(), None, "training"):
+    for pair_index, entry in enumerate(abdomen_pairs(shared_data(), None, "training")):
         _, fixed, moving, fixed_label, moving_label = load_pair(entry)
         images = [prep.image(image[0, 0]) for image in (fixed, moving)]       # (1, 1, *S') each
         for name, extractor in found.items():
             features = [extractor(image)[0] for image in images]
             labels = [F.interpolate(label[None, None].float(), size=feature.shape[1:], mode="nearest-exact")[0, 0].long()
                       for label, feature in zip((fixed_label, moving_label), features)]
-            chosen = torch.randperm(labels[0].numel(), generator=generator)[:points]
+            # the same voxels for every extractor on one grid: a generator seeded by the pair
+            chosen = torch.randperm(labels[0].numel(), generator=torch.Generator().manual_seed(pair_index))[:points]
             scores = retrieval_dice(features[0].flatten(1)[:, chosen], features[1], labels[0].flatten()[chosen], labels[1])
             row = {"pair": entry["id"], "features": name, "grid": list(features[0].shape[1:]),
                    "dice": statistics.fmean(scores.values()), "per_label": scores}
