@@ -71,15 +71,23 @@ def published_convex_adam() -> Method | None:
     return run
 
 
-def embedding_method(checkpoint: Path) -> Method:
+def embedding_method(checkpoint: Path, mind_adam: bool = False) -> Method:
     """SAMConvex pyramid with the embedding trained by ``AnatomicalEmbeddingPretraining``, on raw
-    images: the pre-training's intensity map first, images pooled to its resolution."""
+    images: the pre-training's intensity map first, images pooled to its resolution. ``mind_adam``:
+    then ``pyramid_mind``'s Adam stage (its settings, on MIND-SSC of the full-resolution images), so
+    that against ``pyramid_mind`` only the discrete initialisation differs."""
+    from regframe.estimators.refine import Refined
     from regframe.features.embedding import PretrainedEmbedding
+    from regframe.features.mind import MINDSSC
     from regframe.methods.samconvex import samconvex_pyramid
 
     features = PretrainedEmbedding(str(checkpoint))
     prep = features.preprocessing
     estimator = samconvex_pyramid(features, image_resample_factor=prep.resample_factor)
+    if mind_adam:
+        io = build_training_free("pyramid_mind").io
+        io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
+        estimator = Refined(estimator, io)
     return lambda fixed, moving: estimator(prep.intensity(fixed), prep.intensity(moving))
 
 
@@ -228,7 +236,8 @@ def main() -> None:
     parser.add_argument("--prostate-half", choices=("tuning", "report"), default=None,
                         help="of those prostate pairs, only the seeded tuning half or the other (report) half")
     parser.add_argument("--embedding-checkpoint", type=Path, default=None,
-                        help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' (abdomen only)")
+                        help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' and "
+                             "'samconvex_embedding+mind_adam' (abdomen only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing log")
     args = parser.parse_args()
@@ -251,6 +260,7 @@ def main() -> None:
     abdomen_methods = dict(methods)
     if args.embedding_checkpoint is not None:
         abdomen_methods["samconvex_embedding"] = embedding_method(args.embedding_checkpoint)
+        abdomen_methods["samconvex_embedding+mind_adam"] = embedding_method(args.embedding_checkpoint, mind_adam=True)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_brain:
         for pair in brain_pair(root):
