@@ -34,19 +34,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 
 from callbacks.ema import EMATeacher
 from regframe.cli import RegframeCLI
 from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.job_shards import append_record, pending_jobs
-from regframe.metrics import pair_metrics
+from regframe.label_groups import grouped_dice, named_groups
+from regframe.metrics import dice_per_label, pair_metrics
+from regframe.spatial import warp_labels
 from regframe.paired_statistics import paired_interval
 from regframe.segmenters.dropout import recalibrate_batchnorm
 
@@ -137,6 +142,51 @@ def training_free_record(name: str) -> dict[str, Any]:
     return record
 
 
+def labelled_training_subjects(datamodule: Any, seed: int, num_labelled: int) -> list[dict]:
+    """The labelled training subjects of a run with ``labelled_seed = seed``: the same draw as
+    :class:`~regframe.methods.joint_seg_reg.JointSegRegSelfTraining` (``random.Random(seed).sample``
+    of the training subjects that have labels, sorted)."""
+    subjects = datamodule.train_subjects
+    with_labels = [i for i, s in enumerate(subjects) if s.get("label") is not None]
+    return [subjects[i] for i in sorted(random.Random(seed).sample(with_labels, num_labelled))]
+
+
+@torch.no_grad()
+def atlas_record(name: str, seed: int, num_labelled: int) -> dict[str, Any]:
+    """Multi-atlas segmentation baseline: the N labelled training subjects of ``seed`` (atlases) are
+    registered to every test subject by the training-free method ``name``, their labels warped (nearest
+    neighbour) and fused by majority vote (ties: the lower class); scored like the segmenters, on the
+    fixed and the moving image of every test pair (56 structures; 10 groups)."""
+    cli = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False)
+    datamodule = cli.datamodule
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    atlases = labelled_training_subjects(datamodule, seed, num_labelled)
+    estimator = build_training_free(name).eval()
+    num_classes = len(datamodule.label_codes) + 1
+    codes = torch.tensor([0, *datamodule.label_codes])
+    groups = named_groups("lpba40")
+    segmentations = {}
+    for index, subject in enumerate(datamodule.test_subjects):
+        votes = torch.zeros(num_classes, *subject["label"].shape[1:])
+        for atlas in atlases:
+            field = estimator(subject["image"][None].float(), atlas["image"][None].float())
+            warped = warp_labels(atlas["label"][None].long(), field)[0, 0]
+            votes += F.one_hot(warped, num_classes).movedim(-1, 0)
+        segmentations[index] = votes.argmax(dim=0)
+    scores, grouped = [], defaultdict(list)
+    for pair in datamodule.test_pairs:
+        for index in pair:
+            truth = datamodule.test_subjects[index]["label"][0].long()
+            predicted = segmentations[index]
+            scores += dice_per_label(truth, predicted, [c for c in truth.unique().tolist() if c > 0]).values()
+            for group, value in grouped_dice(codes[truth], codes[predicted], groups).items():
+                grouped[group].append(value)
+    return {"method": f"atlas_{name}", "seed": seed, "num_labelled": num_labelled,
+            "labelled_ids": [a["id"] for a in atlases], "seg_dice": statistics.fmean(scores),
+            "seg_dice_grouped": statistics.fmean(statistics.fmean(v) for v in grouped.values())}
+
+
 def write_test_dataset(folder: Path) -> Path:
     """A Learn2Reg folder holding only the config's test split: ``LPBA40_dataset.json`` whose ``training``
     lists the test subjects and whose ``registration_val`` lists the test pairs (each of the first
@@ -174,14 +224,16 @@ def table(path: Path) -> str:
             ("dice", "reg Dice (56)"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
             ("train_s", "train min"), ("seconds_per_pair", "s per pair")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for method in (*TRAINING_FREE, *METHODS):
+    atlases = sorted(m for m in by_method if m.startswith("atlas_"))
+    for method in (*TRAINING_FREE, *METHODS, *atlases):
         runs = by_method.get(method, {})
         if not runs:
             continue
         cells = []
         for key, _ in keys:
-            applicable = not ((method not in SEGMENTATION_METHODS and key in SEGMENTATION) or
-                              (method.startswith("mono_seg") and key in REGISTRATION))
+            segmentation_only = method.startswith(("mono_seg", "atlas_"))
+            applicable = not ((method not in SEGMENTATION_METHODS and not segmentation_only and key in SEGMENTATION) or
+                              (segmentation_only and key in REGISTRATION))
             values = [r[key] / (60.0 if key == "train_s" else 1.0) for r in runs.values() if key in r]
             if not values or not applicable:
                 cells.append("")
@@ -193,7 +245,7 @@ def table(path: Path) -> str:
     lines += ["", "| JRSS − control (per seed) | metric | differences | mean | 95 % CI |", "|---|---|---|---|---|"]
     for control, key in (("mono_seg", "seg_dice"), ("mono_seg", "seg_dice_grouped"), ("mono_seg_ema", "seg_dice"),
                          ("mono_seg_ema", "seg_dice_grouped"), ("mono_reg", "dice"),
-                         ("frozen_pseudo_reg", "dice")):
+                         ("frozen_pseudo_reg", "dice"), *((a, "seg_dice") for a in atlases)):
         seeds = sorted(set(by_method.get("jrss", {})) & set(by_method.get(control, {})))
         if not seeds:
             continue
@@ -216,14 +268,14 @@ def table(path: Path) -> str:
 
 
 def table_by_n(paths: list[Path]) -> str:
-    """One row per N labelled (the records' ``num_labelled``, one file per N): JRSS and Mono-Seg
-    segmentation Dice, JRSS and Mono-Reg registration Dice (mean ± sd over seeds) and JRSS − control
+    """One row per N labelled (the records' ``num_labelled``): JRSS, Mono-Seg and multi-atlas
+    (``atlas_pyramid_mind``) segmentation Dice, JRSS and Mono-Reg registration Dice (mean ± sd over seeds) and JRSS − control
     per seed (mean, 95 % t interval) where both ran on the same seeds; the paper's Fig. 3 as a table.
     Records without ``num_labelled`` are from before ``--num-labelled`` existed: N = 5, its default."""
     by_n: dict[int, dict[str, dict[int, dict]]] = {}
     for path in paths:
         for record in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
-            if record["method"] in METHODS:
+            if record["method"] in METHODS or record["method"] == "atlas_pyramid_mind":
                 by_n.setdefault(record.get("num_labelled", 5), {}).setdefault(record["method"], {})[record["seed"]] = record
 
     def spread(runs: dict[int, dict], key: str) -> str:
@@ -239,11 +291,13 @@ def table_by_n(paths: list[Path]) -> str:
         mean, low, high = paired_interval([runs["jrss"][s][key] - runs[control][s][key] for s in seeds])
         return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
 
-    lines = ["| N | seeds | seg JRSS | seg Mono-Seg | JRSS − Mono-Seg | reg JRSS | reg Mono-Reg | JRSS − Mono-Reg |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| N | seeds | seg JRSS | seg Mono-Seg | JRSS − Mono-Seg | seg multi-atlas | JRSS − multi-atlas "
+             "| reg JRSS | reg Mono-Reg | JRSS − Mono-Reg |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n, runs in sorted(by_n.items()):
         lines.append(f"| {n} | {len(runs.get('jrss', {}))} | {spread(runs.get('jrss', {}), 'seg_dice')} | "
                      f"{spread(runs.get('mono_seg', {}), 'seg_dice')} | {difference(runs, 'mono_seg', 'seg_dice')} | "
+                     f"{spread(runs.get('atlas_pyramid_mind', {}), 'seg_dice')} | "
+                     f"{difference(runs, 'atlas_pyramid_mind', 'seg_dice')} | "
                      f"{spread(runs.get('jrss', {}), 'dice')} | {spread(runs.get('mono_reg', {}), 'dice')} | "
                      f"{difference(runs, 'mono_reg', 'dice')} |")
     return "\n".join(lines)
@@ -260,6 +314,9 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40"))
     parser.add_argument("--training-free", nargs="+", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record training-free methods (identity: unregistered) on the test pairs and exit")
+    parser.add_argument("--atlas", choices=list(TRAINING_FREE), metavar="NAME",
+                        help="record the multi-atlas segmentation baseline (the N labelled subjects of each seed "
+                             "registered by NAME, majority vote) for --seeds and exit")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     parser.add_argument("--by-n", nargs="+", type=Path, metavar="OUT",
                         help="print one row per N labelled from these --out files and exit")
@@ -276,6 +333,12 @@ def main() -> None:
         print(write_test_dataset(args.write_test_dataset))
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.atlas:
+        for seed in args.seeds:
+            record = atlas_record(args.atlas, seed, args.num_labelled)
+            append_record(args.out, record)
+            print(f"atlas {args.atlas} seed {seed}: seg {record['seg_dice']:.4f} ({record['labelled_ids']})", flush=True)
+        return
     if args.training_free:
         for name in args.training_free:
             record = training_free_record(name)

@@ -71,24 +71,33 @@ def published_convex_adam() -> Method | None:
     return run
 
 
-def embedding_method(checkpoint: Path, mind_adam: bool = False) -> Method:
-    """SAMConvex pyramid with the embedding trained by ``AnatomicalEmbeddingPretraining``, on raw
-    images: the pre-training's intensity map first, images pooled to its resolution. ``mind_adam``:
-    then ``pyramid_mind``'s Adam stage (its settings, on MIND-SSC of the full-resolution images), so
-    that against ``pyramid_mind`` only the discrete initialisation differs."""
+def embedding_methods(checkpoint: Path) -> dict[str, Method]:
+    """SAMConvex variants with the embedding trained by ``AnatomicalEmbeddingPretraining``, all taking raw
+    images (the embedding sees them through its pre-training's intensity map, :class:`IntensityMapped`,
+    pooled to its resolution):
+
+    - ``samconvex_embedding``: the SAMConvex pyramid on the embedding;
+    - ``samconvex_embedding+mind_adam``: then ``pyramid_mind``'s Adam stage on MIND-SSC (against
+      ``pyramid_mind`` only the discrete initialisation differs);
+    - ``samconvex_embedding>pyramid_mind``: the embedding pyramid, then ``pyramid_mind`` on the warped
+      raw image (:class:`TwoStep`); its control ``pyramid_mind_fast>pyramid_mind`` has the MIND
+      pyramid as the first step instead."""
+    from regframe.estimators.intensity_mapped import IntensityMapped
     from regframe.estimators.refine import Refined
+    from regframe.estimators.two_step import TwoStep
     from regframe.features.embedding import PretrainedEmbedding
     from regframe.features.mind import MINDSSC
     from regframe.methods.samconvex import samconvex_pyramid
 
     features = PretrainedEmbedding(str(checkpoint))
-    prep = features.preprocessing
-    estimator = samconvex_pyramid(features, image_resample_factor=prep.resample_factor)
-    if mind_adam:
-        io = build_training_free("pyramid_mind").io
-        io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
-        estimator = Refined(estimator, io)
-    return lambda fixed, moving: estimator(prep.intensity(fixed), prep.intensity(moving))
+    pyramid = IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor),
+                              features.preprocessing)
+    io = build_training_free("pyramid_mind").io
+    io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
+    return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),
+            "samconvex_embedding>pyramid_mind": TwoStep(pyramid, build_training_free("pyramid_mind")),
+            "pyramid_mind_fast>pyramid_mind": TwoStep(build_training_free("pyramid_mind_fast"),
+                                                      build_training_free("pyramid_mind"))}
 
 
 # Pairs of training subjects (0001-0010, 0027-0030) on which settings are chosen; never registration_val.
@@ -236,8 +245,8 @@ def main() -> None:
     parser.add_argument("--prostate-half", choices=("tuning", "report"), default=None,
                         help="of those prostate pairs, only the seeded tuning half or the other (report) half")
     parser.add_argument("--embedding-checkpoint", type=Path, default=None,
-                        help="AnatomicalEmbeddingPretraining checkpoint: adds 'samconvex_embedding' and "
-                             "'samconvex_embedding+mind_adam' (abdomen only)")
+                        help="AnatomicalEmbeddingPretraining checkpoint: adds the SAMConvex variants of "
+                             "embedding_methods (abdomen only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing log")
     args = parser.parse_args()
@@ -259,8 +268,7 @@ def main() -> None:
         methods[name] = build_training_free(name)
     abdomen_methods = dict(methods)
     if args.embedding_checkpoint is not None:
-        abdomen_methods["samconvex_embedding"] = embedding_method(args.embedding_checkpoint)
-        abdomen_methods["samconvex_embedding+mind_adam"] = embedding_method(args.embedding_checkpoint, mind_adam=True)
+        abdomen_methods.update(embedding_methods(args.embedding_checkpoint))
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_brain:
         for pair in brain_pair(root):

@@ -42,6 +42,22 @@ def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
     assert to_training_free == "| JRSS − pyramid_mind | 2 | 1 | +0.0150 | [-0.1756, +0.2056] |"
 
 
+def test_table_shows_the_atlas_baseline_as_a_segmentation_row_with_its_difference(benchmark, tmp_path):
+    records = []
+    for seed, (jrss_seg, atlas_seg) in enumerate([(0.60, 0.70), (0.62, 0.71), (0.64, 0.75)]):
+        records += [{"method": "jrss", "seed": seed, "seg_dice": jrss_seg, "seg_dice_grouped": jrss_seg, "dice": 0.6,
+                     "std_jac": 0.1, "sdlogj": 0.05, "fold_pct": 0.0, "train_s": 60.0},
+                    {"method": "atlas_pyramid_mind", "seed": seed, "seg_dice": atlas_seg, "seg_dice_grouped": atlas_seg}]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    lines = benchmark.table(path).splitlines()
+    atlas = next(line for line in lines if line.startswith("| atlas_pyramid_mind |")).split(" | ")
+    assert atlas[2] == "0.7200 ± 0.0265" and atlas[4] == ""   # segmentation only: no registration Dice
+    difference = next(line for line in lines if "atlas_pyramid_mind | seg_dice |" in line)
+    # differences -0.10, -0.09, -0.11: mean -0.10, sd 0.01 -> half-width 4.303 * 0.01 / sqrt(3) = 0.0248
+    assert "-0.1000" in difference and "[-0.1248, -0.0752]" in difference
+
+
 def test_table_by_n_has_one_row_per_n_with_paired_differences(benchmark, tmp_path):
     paths = []
     for n, offset in ((1, 0.0), (5, 0.2)):
@@ -54,9 +70,9 @@ def test_table_by_n_has_one_row_per_n_with_paired_differences(benchmark, tmp_pat
         paths[-1].write_text("\n".join(json.dumps(r) for r in records))
     lines = benchmark.table_by_n(paths).splitlines()
     # seg differences 0.2, 0.3, 0.1: mean 0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3) = 0.2484
-    assert lines[2] == ("| 1 | 3 | 0.6000 ± 0.1000 | 0.4000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] | "
+    assert lines[2] == ("| 1 | 3 | 0.6000 ± 0.1000 | 0.4000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] |  |  | "
                         "0.6000 ± 0.0000 |  |  |")
-    assert lines[3].startswith("| 5 | 3 | 0.8000 ± 0.1000 | 0.6000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] | 0.8000")
+    assert lines[3].startswith("| 5 | 3 | 0.8000 ± 0.1000 | 0.6000 ± 0.1732 | +0.2000 [-0.0484, +0.4484] |  |  | 0.8000")
 
 
 def test_averaged_last_epochs_is_an_ema_from_its_start_epoch(benchmark):
