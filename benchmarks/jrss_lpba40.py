@@ -117,13 +117,19 @@ def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5) -> dic
     return record
 
 
+def config_datamodule(*stages: str) -> Any:
+    """The shipped config's data module, set up for ``stages`` (``"fit"``, ``"test"``)."""
+    datamodule = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False).datamodule
+    for stage in stages:
+        datamodule.setup(stage)
+    return datamodule
+
+
 def training_free_record(name: str) -> dict[str, Any]:
     """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
     pairs of the config's data at its resolution (quarter), the grid JRSS is scored on; seconds per pair
     of the registration call alone (median)."""
-    cli = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False)
-    datamodule = cli.datamodule
-    datamodule.setup("test")
+    datamodule = config_datamodule("test")
     subjects = datamodule.test_subjects
     estimator = build_training_free(name).eval()
     pairs, scores, seconds = {}, [], []
@@ -157,10 +163,7 @@ def atlas_record(name: str, seed: int, num_labelled: int) -> dict[str, Any]:
     registered to every test subject by the training-free method ``name``, their labels warped (nearest
     neighbour) and fused by majority vote (ties: the lower class); scored like the segmenters, on the
     fixed and the moving image of every test pair (56 structures; 10 groups)."""
-    cli = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False)
-    datamodule = cli.datamodule
-    datamodule.setup("fit")
-    datamodule.setup("test")
+    datamodule = config_datamodule("fit", "test")
     atlases = labelled_training_subjects(datamodule, seed, num_labelled)
     estimator = build_training_free(name).eval()
     num_classes = len(datamodule.label_codes) + 1
@@ -192,7 +195,7 @@ def write_test_dataset(folder: Path) -> Path:
     lists the test subjects and whose ``registration_val`` lists the test pairs (each of the first
     ``test_fixed`` subjects fixed, every other test subject moving), beside links to the shared
     ``imagesTr``/``labelsTr`` folders; what ``regframe register --dataset`` and ``regframe evaluate`` read."""
-    data = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False).datamodule
+    data = config_datamodule()
     source = Path(data.dataset_json).resolve()
     spec = json.loads(source.read_text())
     ids = data.test_subject_ids
