@@ -13,6 +13,7 @@ from regframe.estimators.convex_adam import convex_adam
 from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid
 from regframe.estimators.refine import Refined
 from regframe.estimators.registry import build_training_free, parse_method
+from regframe.estimators.two_step import TwoStep
 from regframe.features.mind import MINDSSC
 from regframe.optim.adam import adam_instance_optimisation
 from regframe.optim.instance import InstanceOptimisation
@@ -164,6 +165,9 @@ def test_registry_has_the_training_free_methods():
     assert mind_pyramid().coarse_composition
     assert isinstance(build_training_free("pyramid_mind_fast"), CorrelationPyramidEstimator)
     assert mind_pyramid().levels == (4, 2, 1)
+    two_pass = build_training_free("pyramid_mind_two_pass:min_level_cells=3")
+    assert isinstance(two_pass, TwoStep) and isinstance(two_pass.first, CorrelationPyramidEstimator)
+    assert isinstance(two_pass.second, Refined) and two_pass.second.estimator.min_level_cells == 3
 
 
 def test_method_specs_pass_integer_options_and_name_what_is_wrong():
