@@ -18,22 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from regframe.spatial import identity_grid, sample_points
+
 
 def sample_at(volume: Tensor, points: Tensor) -> Tensor:
     """Values of ``volume (C, *S)`` at voxel coordinates ``points (N, D)``, interpolated: ``(N, C)``.
-    Points outside the grid take the nearest border value."""
-    dims = points.shape[1]
-    sizes = torch.tensor(volume.shape[1:], dtype=points.dtype, device=points.device)
-    normalised = 2 * points / (sizes - 1).clamp(min=1) - 1
-    grid = normalised.flip(-1).view(1, -1, *([1] * (dims - 1)), dims)
-    values = F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return values.reshape(volume.shape[0], -1).T
+    Points outside the grid take the nearest border value (:func:`regframe.spatial.sample_points`)."""
+    return sample_points(volume[None], points[None])[0].T
 
 
 def grid_points(shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     """Voxel coordinates of every voxel of ``shape`` in C order, ``(prod(shape), D)`` float."""
-    axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+    return identity_grid(shape, device)[0].flatten(1).T
 
 
 @dataclass(frozen=True)

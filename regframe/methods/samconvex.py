@@ -26,11 +26,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from regframe.checkpoint import record_preprocessing
+from regframe.embedding_views import View, grid_points, random_view_pair, sample_at
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
 from regframe.features.embedding import AnatomicalEmbedding
-from regframe.embedding_views import View, grid_points, random_view_pair, sample_at
 from regframe.losses_contrastive import sample_negatives, sampled_infonce
 from regframe.methods.base import RegistrationModule, stop_on_nonfinite_loss
 
@@ -96,12 +96,11 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         low, high = scan.min(), scan.max()
         foreground = view_a.image[0] > low + self.hparams.foreground_margin * (high - low)
         points = grid_points(view_a.image.shape[1:], scan.device)[foreground.flatten()]
-        inside = view_b.contains(view_b.from_scan(view_a.to_scan(points)), margin=1.0)
-        points = points[inside]
-        if points.shape[0] == 0:
-            return points, points
-        points = points[torch.randperm(points.shape[0], device=points.device)[:self.hparams.num_points]]
-        return points, view_b.from_scan(view_a.to_scan(points))
+        partners = view_b.from_scan(view_a.to_scan(points))
+        inside = view_b.contains(partners, margin=1.0)
+        points, partners = points[inside], partners[inside]
+        chosen = torch.randperm(points.shape[0], device=points.device)[:self.hparams.num_points]
+        return points[chosen], partners[chosen]
 
     def _head_loss(self, anchors: Tensor, positives: Tensor, candidates: Tensor, valid: Tensor,
                    ranking_a: Tensor, ranking_b: Tensor) -> tuple[Tensor, Tensor]:
