@@ -30,30 +30,27 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from training_free import abdomen_pairs, load_pair, shared_data
 
 from regframe.estimators.pyramid import mind_pyramid
 from regframe.estimators.registry import pyramid_mind
+from regframe.io import Volume
 from regframe.metrics import pair_metrics
-from regframe.spatial import resize_image
+from regframe.preprocess import resize_subject
 
 REPO = Path(__file__).resolve().parents[1]
 SPACINGS_MM = (2.0, 3.0, 4.0, 5.0, 6.0)
 CANDIDATES = (1, 6, 8, 10, 12, 16)
 
 
-def resample(image: Tensor, label: Tensor, spacing: list[float], spacing_mm: float
-             ) -> tuple[Tensor, Tensor, list[float]]:
-    """Image ``(1, 1, *S)`` (linear) and label ``(*S)`` (nearest) resampled from ``spacing`` (mm per
-    axis) to isotropic ``spacing_mm`` over the same field of view, and the new spacing."""
-    old_shape = list(image.shape[2:])
-    shape = [max(1, math.floor(size * old / spacing_mm)) for size, old in zip(old_shape, spacing)]
-    if shape == old_shape:
-        return image, label, list(spacing)
-    image = resize_image(image, shape)
-    label = F.interpolate(label[None, None].float(), size=shape, mode="nearest-exact")[0, 0].long()
-    return image, label, [old * size / new for old, size, new in zip(spacing, old_shape, shape)]
+def resample(volume: Volume, image: Tensor, label: Tensor, spacing_mm: float) -> tuple[Tensor, Tensor, list[float]]:
+    """Image ``(1, 1, *S)`` (linear) and label ``(*S)`` (nearest) of ``volume``'s grid resampled to isotropic
+    ``spacing_mm`` over the same field of view (:func:`regframe.preprocess.resize_subject`), and the new
+    spacing (mm per axis)."""
+    shape = [max(1, math.floor(size * old / spacing_mm)) for size, old in zip(image.shape[2:], volume.spacing)]
+    subject = resize_subject({"image": image[0], "label": label[None], "affine": volume.affine,
+                              "spacing": torch.tensor(volume.spacing, dtype=torch.float64)}, shape)
+    return subject["image"][None], subject["label"][0], subject["spacing"].tolist()
 
 
 def run(out: Path) -> None:
@@ -61,8 +58,8 @@ def run(out: Path) -> None:
     for spacing_mm in SPACINGS_MM:
         for entry in abdomen_pairs(shared_data(), None, "training"):
             volume, fixed, moving, fixed_label, moving_label = load_pair(entry)
-            fixed, fixed_label, spacing = resample(fixed, fixed_label, list(volume.spacing), spacing_mm)
-            moving, moving_label, _ = resample(moving, moving_label, list(volume.spacing), spacing_mm)
+            fixed, fixed_label, spacing = resample(volume, fixed, fixed_label, spacing_mm)
+            moving, moving_label, _ = resample(volume, moving, moving_label, spacing_mm)
             by_levels: dict[tuple, list[int]] = {}
             for k in CANDIDATES:
                 levels = tuple(f for f, _ in mind_pyramid(min_level_cells=k).active_levels(fixed.shape[2:]))
