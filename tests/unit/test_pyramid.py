@@ -168,6 +168,9 @@ def test_registry_has_the_training_free_methods():
     two_pass = build_training_free("pyramid_mind_two_pass:min_level_cells=3")
     assert isinstance(two_pass, TwoStep) and isinstance(two_pass.first, CorrelationPyramidEstimator)
     assert isinstance(two_pass.second, Refined) and two_pass.second.estimator.min_level_cells == 3
+    split = build_training_free("pyramid_mind_two_pass:first_levels=2,second_levels=1")
+    assert split.first.levels == (4, 2) and split.first.radii == (3, 2)
+    assert split.second.estimator.levels == (1,) and split.second.estimator.radii == (1,)
 
 
 def test_method_specs_pass_integer_options_and_name_what_is_wrong():
@@ -181,7 +184,8 @@ def test_method_specs_pass_integer_options_and_name_what_is_wrong():
                           ("convex_adam:min_level_cells=3", "its options: none"),
                           ("pyramid_mind:min_level_cells=2.5", "needs an integer, got '2.5'"),
                           ("pyramid_mind:min_level_cells", "needs an integer, got 'nothing'"),
-                          ("pyramid_mind:min_level_cells=0", "min_level_cells must be >= 1")):
+                          ("pyramid_mind:min_level_cells=0", "min_level_cells must be >= 1"),
+                          ("pyramid_mind_two_pass:second_levels=4", "second_levels must be 1 to 3, got 4")):
         with pytest.raises(RegframeInputError, match=re.escape(message)):
             build_training_free(spec)
 
