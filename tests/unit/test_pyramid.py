@@ -17,7 +17,7 @@ from regframe.estimators.two_step import TwoStep
 from regframe.features.mind import MINDSSC
 from regframe.optim.adam import adam_instance_optimisation
 from regframe.optim.instance import InstanceOptimisation
-from regframe.optim.smoothing import pool
+from regframe.optim.smoothing import box_filter, pool
 from regframe.spatial import warp
 
 
@@ -200,3 +200,17 @@ def test_pool_and_bad_configuration():
         InstanceOptimisation(similarity="ncc")
     with pytest.raises(RegframeInputError, match="share a grid"):
         CorrelationPyramidEstimator()(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 6))
+
+
+@pytest.mark.parametrize("spec", ["pyramid_mind", "pyramid_mind_two_pass"])
+def test_field_is_invariant_to_affine_intensity_changes(spec):
+    """Raw HU and normalised CT give the same field: MIND divides by its local variance and the Adam
+    foreground threshold is relative to the image's minimum and 99th percentile."""
+    torch.manual_seed(0)
+    fixed = box_filter(torch.rand(1, 1, 32, 28, 36), 3)
+    moving = torch.roll(fixed, (2, -1, 1), (2, 3, 4))
+    estimator = build_training_free(spec)
+    normalised = estimator(fixed, moving)
+    raw_hu = estimator(fixed * 1500 - 1024, moving * 1500 - 1024)
+    assert normalised.abs().max() > 1.0
+    assert torch.allclose(normalised, raw_hu, atol=1e-4)
