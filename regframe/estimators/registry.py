@@ -26,17 +26,20 @@ def _convex_adam() -> DisplacementEstimator:
     return convex_adam()
 
 
-def pyramid_mind(**pyramid_options: Any) -> DisplacementEstimator:
+def pyramid_mind(adam_iterations: int = 20, **pyramid_options: Any) -> DisplacementEstimator:
     """The MIND pyramid (:func:`regframe.estimators.pyramid.mind_pyramid`, options passed on) refined
-    by 20 Adam iterations on the 2-voxel grid; the registry's ``pyramid_mind``."""
+    by ``adam_iterations`` Adam iterations on the 2-voxel grid; the registry's ``pyramid_mind``."""
     from regframe.estimators.pyramid import mind_pyramid
     from regframe.estimators.refine import Refined
     from regframe.optim.instance import InstanceOptimisation
 
+    if adam_iterations < 0:
+        raise RegframeInputError(f"pyramid_mind: adam_iterations must be >= 0, got {adam_iterations}")
     # Adam settings chosen on 7 training pairs of AbdomenCTCT_synth (benchmarks/training_free_results.md)
-    return Refined(mind_pyramid(**pyramid_options), InstanceOptimisation(grid_spacing=2, iterations=20, smooth_weight=1.25,
-                                                        foreground_threshold=0.05, foreground_margin=2,
-                                                        final_smoothing=1, final_smoothing_kernel=3))
+    return Refined(mind_pyramid(**pyramid_options),
+                   InstanceOptimisation(grid_spacing=2, iterations=adam_iterations, smooth_weight=1.25,
+                                        foreground_threshold=0.05, foreground_margin=2,
+                                        final_smoothing=1, final_smoothing_kernel=3))
 
 
 def _pyramid_mind_fast(**pyramid_options: int) -> DisplacementEstimator:
@@ -45,9 +48,11 @@ def _pyramid_mind_fast(**pyramid_options: int) -> DisplacementEstimator:
     return mind_pyramid(**pyramid_options)
 
 
-def _pyramid_mind_two_pass(first_levels: int = 3, second_levels: int = 3, **pyramid_options: int) -> DisplacementEstimator:
+def _pyramid_mind_two_pass(first_levels: int = 3, second_levels: int = 3, adam_iterations: int = 20,
+                           **pyramid_options: int) -> DisplacementEstimator:
     """The MIND pyramid's coarsest ``first_levels`` levels, then on the warped moving image its finest
-    ``second_levels`` levels and Adam (``pyramid_mind``); the fixed image's MIND is extracted once."""
+    ``second_levels`` levels and ``adam_iterations`` of Adam (``pyramid_mind``); the fixed image's
+    MIND is extracted once."""
     from regframe.estimators.pyramid import MIND_LEVELS, mind_pyramid
     from regframe.estimators.two_step import TwoStep
     from regframe.features.mind import MINDSSC
@@ -59,7 +64,8 @@ def _pyramid_mind_two_pass(first_levels: int = 3, second_levels: int = 3, **pyra
     features = ReuseFeatures(MINDSSC(radius=1, dilation=2))
     # chosen on the abdomen training pairs (benchmarks/samconvex_results.md: +0.037 Dice over pyramid_mind)
     return TwoStep(mind_pyramid(levels=MIND_LEVELS[:first_levels], features=features, **pyramid_options),
-                   pyramid_mind(levels=MIND_LEVELS[-second_levels:], features=features, **pyramid_options))
+                   pyramid_mind(adam_iterations, levels=MIND_LEVELS[-second_levels:], features=features,
+                                **pyramid_options))
 
 
 TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
@@ -72,11 +78,12 @@ TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
 }
 
 
-# Integer options of the factories above (passed on to mind_pyramid).
+# Integer options of the factories above (their own, and mind_pyramid's passed on).
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "pyramid_mind": ("min_level_cells", "smooth_iters"),
+    "pyramid_mind": ("min_level_cells", "smooth_iters", "adam_iterations"),
     "pyramid_mind_fast": ("min_level_cells", "smooth_iters"),
-    "pyramid_mind_two_pass": ("min_level_cells", "smooth_iters", "first_levels", "second_levels"),
+    "pyramid_mind_two_pass": ("min_level_cells", "smooth_iters", "first_levels", "second_levels",
+                              "adam_iterations"),
 }
 
 

@@ -171,6 +171,8 @@ def test_registry_has_the_training_free_methods():
     split = build_training_free("pyramid_mind_two_pass:first_levels=2,second_levels=1")
     assert split.first.levels == (4, 2) and split.first.radii == (3, 2)
     assert split.second.estimator.levels == (1,) and split.second.estimator.radii == (1,)
+    assert build_training_free("pyramid_mind:adam_iterations=7").io.iterations == 7
+    assert build_training_free("pyramid_mind_two_pass:adam_iterations=12").second.io.iterations == 12
 
 
 def test_method_specs_pass_integer_options_and_name_what_is_wrong():
