@@ -187,3 +187,11 @@ def test_box_filter_is_the_in_grid_mean(shape, times, kernel_size):
     for _ in range(times):
         expected = pool(torch.nn.functional.pad(expected, pad), kernel_size, stride=1) / count
     torch.testing.assert_close(box_filter(x, times, kernel_size), expected)
+
+
+@pytest.mark.parametrize("shape, kernel_size", [((2, 2, 5, 1, 4), 3), ((1, 2, 7, 3), 5)])
+def test_box_filter_gradient_matches_finite_differences(shape, kernel_size):
+    """The hand-written backward (window sum of grad / count) against numerical derivatives,
+    including grids thinner than the kernel."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: box_filter(t, 2, kernel_size), (x,))
