@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regframe.errors import RegframeInputError
+from regframe.optim.smoothing import valid_box_mean
 
 
 def _neighbour_pairs(dims: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -43,8 +44,7 @@ def _replicate_pad(x: Tensor, pad: int) -> Tensor:
 
 def _box_mean(x: Tensor, radius: int) -> Tensor:
     """Mean over the ``(2·radius+1)``-wide box of ``x (B, C, *S)``, replicate padding (same size)."""
-    pool = F.avg_pool3d if x.dim() == 5 else F.avg_pool2d
-    return pool(_replicate_pad(x, radius), 2 * radius + 1, stride=1)
+    return valid_box_mean(_replicate_pad(x, radius), 2 * radius + 1)
 
 
 def _patch_distances_reference(image: Tensor, radius: int, dilation: int) -> Tensor:
@@ -89,8 +89,7 @@ def _patch_distances(image: Tensor, radius: int, dilation: int) -> Tensor:
          - _window(padded, (dilation,) * dims, extended)) ** 2
         for key in directions
     ], dim=1)  # index y + halo
-    pool = F.avg_pool3d if dims == 3 else F.avg_pool2d
-    filtered = pool(differences, 2 * radius + 1, stride=1)  # index y + dilation
+    filtered = valid_box_mean(differences, 2 * radius + 1)  # index y + dilation
     out = torch.cat([_window(filtered[:, index:index + 1], tuple(dilation + dilation * c for c in base), shape)
                      for index, base in channels], dim=1)
     for axis in range(dims):  # the border layers, by the definition on slabs of the image

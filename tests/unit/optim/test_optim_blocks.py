@@ -13,6 +13,7 @@ from regframe.optim import (
     soft_coupled_convex,
     upsample_field,
 )
+from regframe.optim.smoothing import valid_box_mean
 from regframe.spatial import identity_grid, warp
 
 
@@ -187,6 +188,17 @@ def test_box_filter_is_the_in_grid_mean(shape, times, kernel_size):
     for _ in range(times):
         expected = pool(torch.nn.functional.pad(expected, pad), kernel_size, stride=1) / count
     torch.testing.assert_close(box_filter(x, times, kernel_size), expected)
+
+
+@pytest.mark.parametrize("shape, kernel_size", [((2, 3, 6, 5, 7), 3), ((1, 2, 9, 6), 5), ((1, 1, 8), 3),
+                                                ((1, 2, 4, 4, 4), 1)])
+def test_valid_box_mean_is_avg_pool_without_padding(shape, kernel_size):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    pool = {1: torch.nn.functional.avg_pool1d, 2: torch.nn.functional.avg_pool2d,
+            3: torch.nn.functional.avg_pool3d}[x.dim() - 2]
+    before = x.clone()
+    torch.testing.assert_close(valid_box_mean(x, kernel_size), pool(x, kernel_size, stride=1))
+    assert torch.equal(x, before)  # the input is left alone
 
 
 @pytest.mark.parametrize("shape, kernel_size", [((2, 2, 5, 1, 4), 3), ((1, 2, 7, 3), 5)])
