@@ -172,16 +172,17 @@ MIND_LEVELS = ((4, 3), (2, 2), (1, 1))  # (pooling factor on the 2-voxel grid, s
 
 
 def mind_pyramid(smooth_iters: int = 2, min_level_cells: int = 1, levels: Sequence[tuple[int, int]] = MIND_LEVELS,
-                 features: nn.Module | None = None) -> CorrelationPyramidEstimator:
+                 features: nn.Module | None = None, ice: bool = False) -> CorrelationPyramidEstimator:
     """CPU-fast pyramid on MIND-SSC (ConvexAdam's r 1, d 2 on the full-resolution image, extracted
     once per image; the field is composed on the finest level's grid, see ``coarse_composition``).
     Levels (:data:`MIND_LEVELS`) on grids of 8, 4 and 2 image voxels with radii 3, 2, 1 (search reach
     8·3 + 4·2 + 2·1 = 34 voxels per axis), SSD cost box-filtered twice, ``smooth_iters`` box filters
     per convex round. ``levels`` runs a subset; ``features`` replaces the MIND-SSC module (e.g. one
-    shared through :class:`regframe.features.reuse.ReuseFeatures`). The registry's ``pyramid_mind``
+    shared through :class:`regframe.features.reuse.ReuseFeatures`); ``ice`` makes every level's step
+    inverse consistent (about twice the convex work). The registry's ``pyramid_mind``
     adds 20 Adam IO iterations on the 2-voxel grid around it."""
     return CorrelationPyramidEstimator(
         features=features if features is not None else MINDSSC(radius=1, dilation=2), grid_spacing=2,
         levels=[factor for factor, _ in levels], radii=[radius for _, radius in levels], metric="ssd",
-        box_filters=2, smooth_iters=smooth_iters, recompute_features=False, coarse_composition=True,
+        box_filters=2, smooth_iters=smooth_iters, ice=bool(ice), recompute_features=False, coarse_composition=True,
         min_level_cells=min_level_cells)

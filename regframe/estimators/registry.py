@@ -80,9 +80,9 @@ TRAINING_FREE: dict[str, Callable[[], DisplacementEstimator]] = {
 
 # Integer options of the factories above (their own, and mind_pyramid's passed on).
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "pyramid_mind": ("min_level_cells", "smooth_iters", "adam_iterations"),
-    "pyramid_mind_fast": ("min_level_cells", "smooth_iters"),
-    "pyramid_mind_two_pass": ("min_level_cells", "smooth_iters", "first_levels", "second_levels",
+    "pyramid_mind": ("min_level_cells", "smooth_iters", "ice", "adam_iterations"),
+    "pyramid_mind_fast": ("min_level_cells", "smooth_iters", "ice"),
+    "pyramid_mind_two_pass": ("min_level_cells", "smooth_iters", "ice", "first_levels", "second_levels",
                               "adam_iterations"),
 }
 

@@ -172,6 +172,7 @@ def test_registry_has_the_training_free_methods():
     assert split.first.levels == (4, 2) and split.first.radii == (3, 2)
     assert split.second.estimator.levels == (1,) and split.second.estimator.radii == (1,)
     assert build_training_free("pyramid_mind:adam_iterations=7").io.iterations == 7
+    assert build_training_free("pyramid_mind:ice=1").estimator.ice and not mind_pyramid().ice
     assert build_training_free("pyramid_mind_two_pass:adam_iterations=12").second.io.iterations == 12
 
 
