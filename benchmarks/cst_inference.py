@@ -7,11 +7,17 @@ on the network's IO features, ``experiments/abdomen_cst.yaml``) with Adam on the
 same with Adam's data term only on the dilated fixed foreground (``foreground_threshold``). The
 network is CST's He-initialised random stage-0 network (seed 0; no trained full-size checkpoint is
 at hand): the timing does not depend on the weights, and the Dice of the two Adam variants shows
-what the restriction changes. Prints one table (median seconds per pair; Dice,
-folding) and the paired Dice difference of the restricted variant.
+what the restriction changes. ``--variants NORM:SCALE[:PASSES] ...`` adds foreground-Adam rows with
+the IO features standardised per channel (``channel``) or not (``none``), multiplied by SCALE, and
+PASSES k5 box filters of the final field (``InstanceOptimisation(feature_normalisation,
+feature_scale, final_smoothing)``; the reference code's 3 passes, default 0); ``--split training`` runs the 7
+training pairs on which such settings are chosen. Prints one table (median seconds per pair; Dice,
+folding) and the paired Dice difference of each foreground variant against the whole-grid Adam.
 
     pip install convexAdam --no-deps   # optional
     OMP_NUM_THREADS=2 python benchmarks/cst_inference.py --pairs 5 --log runs/cst_inference.jsonl
+    OMP_NUM_THREADS=2 python benchmarks/cst_inference.py --split training --skip-package --no-whole-grid \
+        --variants channel:1 channel:5:3 --log runs/cst_io_training.jsonl
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from regframe.metrics import pair_metrics
 from regframe.optim.instance import InstanceOptimisation
 from regframe.paired_statistics import paired_interval
 
+WHOLE_GRID = "cst 2 warps + ICE + Adam 50"
+FOREGROUND = "cst, Adam on the foreground"
+
 
 def cst_network() -> torch.nn.Module:
     """CST's random He-initialised stage-0 network (the network of ``cst_pipeline()``)."""
@@ -52,20 +61,33 @@ def main() -> None:
     parser.add_argument("--foreground-threshold", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log", type=Path, default=Path("runs/cst_inference.jsonl"))
+    parser.add_argument("--split", choices=("registration_val", "training"), default="registration_val")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="NORM:SCALE",
+                        help="extra foreground-Adam rows, e.g. channel:5:3 (normalisation none|channel, feature scale, "
+                             "final k5 smoothing passes)")
+    parser.add_argument("--skip-package", action="store_true")
+    parser.add_argument("--no-whole-grid", action="store_true", help="leave out the whole-grid Adam row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     network = cst_network()
-    io = InstanceOptimisation(iterations=50, lr=1.0, data_weight=12.0, smooth_weight=0.65)
-    masked_io = InstanceOptimisation(iterations=50, lr=1.0, data_weight=12.0, smooth_weight=0.65,
-                                     foreground_threshold=args.foreground_threshold)
-    methods = {"cst 2 warps + ICE + Adam 50": cst_pipeline(network, 2, io=io),
-               "cst, Adam on the foreground": cst_pipeline(network, 2, io=masked_io)}
-    package = published_convex_adam()
+    settings = dict(iterations=50, lr=1.0, data_weight=12.0, smooth_weight=0.65)
+    methods = {} if args.no_whole_grid else {WHOLE_GRID: cst_pipeline(network, 2, io=InstanceOptimisation(**settings))}
+    methods[FOREGROUND] = cst_pipeline(network, 2, io=InstanceOptimisation(
+        **settings, foreground_threshold=args.foreground_threshold))
+    for variant in args.variants:
+        normalisation, *rest = variant.split(":")
+        scale, passes = float(rest[0]) if rest else 1.0, int(rest[1]) if len(rest) > 1 else 0
+        io = InstanceOptimisation(**settings, foreground_threshold=args.foreground_threshold,
+                                  feature_normalisation=normalisation, feature_scale=scale,
+                                  final_smoothing=passes, final_smoothing_kernel=5)
+        methods[f"{FOREGROUND}, IO features {normalisation} x{scale:g}, final k5 x{passes}"] = \
+            cst_pipeline(network, 2, io=io)
+    package = None if args.skip_package else published_convex_adam()
     if package is not None:
         methods = {PACKAGE: package, **methods}
     args.log.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for pair in abdomen_pairs(shared_data(), args.pairs):
+    for pair in abdomen_pairs(shared_data(), args.pairs, split=args.split):
         fixed, f, m, *labels = load_pair(pair)
         for name, method in methods.items():
             start = time.perf_counter()
@@ -85,10 +107,13 @@ def main() -> None:
         mean = {k: statistics.fmean(r[k] for r in mine) for k in ("dice", "fold_pct", "sdlogj")}
         print(f"| {name} | {len(mine)} | {mean['dice']:.4f} | {mean['fold_pct']:.4f} | {mean['sdlogj']:.3f} | "
               f"{statistics.median(r['seconds'] for r in mine):.1f} |")
-    whole = {r["pair"]: r["dice"] for r in rows if r["method"] == "cst 2 warps + ICE + Adam 50"}
-    differences = [r["dice"] - whole[r["pair"]] for r in rows if r["method"] == "cst, Adam on the foreground"]
-    mean, low, high = paired_interval(differences)
-    print(f"\nDice, foreground Adam minus whole-grid Adam: {mean:+.4f} [{low:+.4f}, {high:+.4f}] ({len(differences)} pairs)")
+    reference = WHOLE_GRID if WHOLE_GRID in methods else FOREGROUND
+    base = {r["pair"]: r["dice"] for r in rows if r["method"] == reference}
+    for name in methods:
+        if name.startswith(FOREGROUND) and name != reference:
+            differences = [r["dice"] - base[r["pair"]] for r in rows if r["method"] == name]
+            mean, low, high = paired_interval(differences)
+            print(f"Dice, {name} minus {reference}: {mean:+.4f} [{low:+.4f}, {high:+.4f}] ({len(differences)} pairs)")
 
 
 if __name__ == "__main__":
