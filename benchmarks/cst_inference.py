@@ -3,7 +3,7 @@
 For each of the first ``--pairs`` ``registration_val`` pairs of ``AbdomenCTCT_synth`` (192x160x256,
 2 mm) the methods run one after the other (interleaved, same threads): the package (``convex_adam_pt``,
 its defaults; optional, skipped when not installed), CST's test-time pipeline (2 warps + ICE + Adam 50
-on the network's IO features, ``experiments/abdomen_cst.yaml``) with Adam on the whole grid, and the
+on the network's unnormalised IO features, as before ``cst_io()``) with Adam on the whole grid, and the
 same with Adam's data term only on the dilated fixed foreground (``foreground_threshold``). The
 network is CST's He-initialised random stage-0 network (seed 0; no trained full-size checkpoint is
 at hand): the timing does not depend on the weights, and the Dice of the two Adam variants shows
