@@ -19,7 +19,9 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from regframe.cli import RegframeCLI
+from regframe.estimators.cst_pipeline import cst_io
 from regframe.methods.base import RegistrationModule
+from regframe.optim.instance import InstanceOptimisation
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments"
@@ -27,6 +29,7 @@ CONF = REPO / "tests" / "conf"
 BASES = {  # overlay config (glob, relative to experiments/) -> the configs it is added after
     "demo.yaml": ["abdomen_cst.yaml"],
     "abdomen_cst_cpu.yaml": ["abdomen_cst.yaml"],
+    "abdomen_cst_2d.yaml": ["abdomen_cst.yaml"],
     **{f"prostate_us_{baseline}.yaml": ["prostate_us_adacs.yaml"]
        for baseline in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph")},
     **{f"acdc_{overlay}.yaml": ["acdc_adacs.yaml"]
@@ -131,3 +134,25 @@ def test_shipped_data_section_sets_up_on_real_data(config: str, shared_data: Pat
     datamodule = parser.instantiate_classes(parser.parse_object({"data": section})).data
     datamodule.setup("fit")
     assert len(datamodule.train_pairs) > 0 and len(datamodule.val_pairs) > 0
+
+
+CST_IO_CONFIGS = ["abdomen_cst.yaml", "abdomen_mind_supervised.yaml", "abdomen_ncc_supervised.yaml"]
+IO_SETTINGS = ("similarity", "grid_spacing", "iterations", "lr", "data_weight", "smooth_weight", "smooth_pools",
+               "feature_normalisation", "feature_scale", "final_smoothing", "final_smoothing_kernel",
+               "foreground_threshold", "foreground_margin")
+
+
+@pytest.mark.parametrize("config", CST_IO_CONFIGS)
+def test_cst_configs_use_cst_io(config: str):
+    """CST and its Table-1 baselines refine with exactly :func:`cst_io` (the YAML spells it out, so a
+    change to one must reach the others); no CPU-scale overlay of them changes it (a backbone snippet
+    may bring its own: ``cst_unet_regressor.yaml`` keeps ConvexAdam's IO on MIND)."""
+    estimator = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]["init_args"]["estimator"]
+    io = estimator["init_args"]["io"]
+    assert io["class_path"] == "regframe.optim.instance.InstanceOptimisation"
+    built, expected = InstanceOptimisation(**io["init_args"]), cst_io()
+    assert {k: getattr(built, k) for k in IO_SETTINGS} == {k: getattr(expected, k) for k in IO_SETTINGS}
+    for overlay, names in BASES.items():
+        if config in names and not overlay.startswith("backbones/"):
+            for path in EXPERIMENTS.glob(overlay):
+                assert "io:" not in path.read_text(), f"{path.name} changes the IO of {config}"
