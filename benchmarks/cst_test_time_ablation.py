@@ -100,7 +100,7 @@ def record(args: argparse.Namespace, batches: list[dict], network: str, stage: i
     chosen = None
     if estimator is not None:
         warps, adam = SETTINGS[setting]["warps"], SETTINGS[setting]["adam"]
-        chosen = variant(estimator, warps, args.adam_iterations if adam else 0)
+        chosen = variant(estimator, warps, args.adam_iterations if adam else 0).eval()  # BatchNorm: running statistics
     rows = evaluate(chosen, batches)
     print(f"{args.run} {network} stage {stage} {setting}: Dice {finite_mean([r['dice'] for r in rows]):.4f} "
           f"fold {finite_mean([r['fold_pct'] for r in rows]):.3f} % "

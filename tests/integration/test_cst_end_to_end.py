@@ -3,6 +3,7 @@ other networks (a MONAI feature network; a U-Net regressor with MIND-feature IO)
 
 from pathlib import Path
 
+import torch
 
 from regframe.cli import RegframeCLI, main
 
@@ -95,3 +96,25 @@ def test_loss_crop_larger_than_the_label_grid_stops_before_training(tmp_path, mo
     assert ("regframe fit: error: model.init_args.loss_crop=8 crops away the whole label grid (16, 16, 16) "
             "(image grid (16, 16, 16) x label_resample_factor 1.0); use at most 7") in error.splitlines()
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))
+
+
+def test_cpu_config_checkpoint_registers_new_scans_at_full_resolution(tmp_path, monkeypatch):
+    """abdomen_cst_cpu.yaml trains at half resolution; its checkpoint registers two scans it never saw
+    (new phantom subjects) with ``regframe register --checkpoint``: a finite, non-zero field is written
+    on the scans' full 32³ grid (the network ran on the 16³ half-resolution grid it was trained on)."""
+    from regframe.io import read_displacement
+    from regframe.phantom import write_phantom_dataset
+
+    monkeypatch.chdir(tmp_path)
+    configs = [ROOT / "experiments" / "abdomen_cst.yaml", ROOT / "experiments" / "abdomen_cst_cpu.yaml",
+               ROOT / "tests" / "conf" / "abdomen_cst_cpu.yaml"]
+    args = ["fit", *[f"--config={c}" for c in configs], f"--data.init_args.root={tmp_path / 'phantom'}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}", "--model.init_args.compute_hd95=false"]
+    assert main(args) == 0
+    checkpoint = next((tmp_path / "run").rglob("last.ckpt"))
+    write_phantom_dataset(tmp_path / "unseen", subjects=2, shape=(32, 32, 32), spacing=12.0, seed=99, val_subjects=2)
+    images = sorted((tmp_path / "unseen").rglob("imagesTr/*.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["register", str(images[0]), str(images[1]), "--out", str(out), "--checkpoint", str(checkpoint)]) == 0
+    disp = read_displacement(out / "disp.nii.gz", (32, 32, 32))
+    assert disp.shape == (3, 32, 32, 32) and torch.isfinite(disp).all() and disp.abs().max() > 0.1
