@@ -1,0 +1,81 @@
+"""Does a softer arg-min let CST's network fit its pseudo labels? (issue 12, diagnosis probe)
+
+Trains a fresh network ``g`` (the run's config, PyTorch's default initialisation as CST's trained network, seed 0) for ``--iterations``
+steps of CST's loss (paper augmentation, batch 2, Adam 1e-3 cosine to 1e-5) on fixed pseudo labels
+(a ``stage_NN.npy`` of a run), with ``h``'s soft arg-min at ``--temperature`` during training only,
+then reports the end-point error on the training pairs without augmentation at the training
+temperature and at the paper's 20, next to the zero field.
+
+    python benchmarks/cst_temperature_probe.py --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_2d.yaml \
+        --labels runs/cst2d/seed0/version_0/pseudo_labels/stage_07.npy --temperature 1 --iterations 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+import torch
+
+from regframe.cli import RegframeCLI
+from regframe.estimators.protocols import field_at, trained_network
+from regframe.losses import end_point_error
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--temperature", type=float, required=True)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--eval-pairs", type=int, default=100)
+    args = parser.parse_args()
+    cli = RegframeCLI(args=[f"--config={c}" for c in args.config] + ["--trainer.logger=false", "--seed_everything=0"],
+                      run=False)
+    model, data = cli.model, cli.datamodule
+    data.setup("fit")
+    labels = np.load(args.labels, mmap_mode="r")
+    network = trained_network(model.estimator)
+    generator = torch.Generator().manual_seed(0)
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.iterations, eta_min=1e-5)
+
+    def pair(index: int) -> tuple[torch.Tensor, ...]:
+        f, m = data.train_pairs[index]
+        return (data.train_subjects[f]["image"][None], data.train_subjects[m]["image"][None],
+                torch.from_numpy(np.array(labels[index], dtype=np.float32))[None], data.train_subjects[f]["spacing"][None])
+
+    network.temperature = args.temperature
+    model.train()
+    for step in range(args.iterations):
+        batch = [pair(int(i)) for i in torch.randint(len(data.train_pairs), (2,), generator=generator)]
+        fixed, moving, target, spacing = (torch.cat(parts) for parts in zip(*batch))
+        loss = model.pseudo_label_loss(fixed, moving, target, spacing.float())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % 100 == 0 or step == args.iterations - 1:
+            print(f"step {step}: training loss (augmented) {float(loss):.2f} mm", flush=True)
+    model.eval()
+    errors: dict[str, list[float]] = {"zero field": [], f"h∘g at temperature {args.temperature:g}": [],
+                                      "h∘g at temperature 20": []}
+    for index in range(min(args.eval_pairs, len(data.train_pairs))):
+        fixed, moving, target, spacing = pair(index)
+        mm = (spacing[0].float() / model.label_resample_factor).tolist()
+        fields = [torch.zeros_like(target)]
+        with torch.no_grad():
+            for temperature in (args.temperature, 20.0):
+                network.temperature = temperature
+                fields.append(field_at(network, fixed, moving, target.shape[2:]).float())
+        for name, field in zip(errors, fields):
+            errors[name].append(float(end_point_error(field, target, mm, model.loss_crop)))
+    print(f"| field | EPE mm ({len(errors['zero field'])} training pairs, no augmentation, "
+          f"after {args.iterations} iterations) |\n|---|---|")
+    for name, values in errors.items():
+        print(f"| {name} | {statistics.fmean(values):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
