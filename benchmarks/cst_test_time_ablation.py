@@ -11,7 +11,7 @@ Uses regframe's public API: run from the repository root with this checkout inst
 
     python benchmarks/cst_test_time_ablation.py --ckpt runs/abdomen_cst_cpu/version_0/checkpoints/last.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_cpu.yaml [--max-pairs 15]
-    python benchmarks/cst_test_time_ablation.py --ckpt runs/cst2d/seed0/lightning_logs/version_0/checkpoints/epoch=*.ckpt \
+    python benchmarks/cst_test_time_ablation.py --ckpt runs/cst2d/seed0/version_0/checkpoints/epoch=*.ckpt \
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_2d.yaml --networks trained random \
         --settings "2 warps, no Adam" "2 warps + Adam" --run seed0 --log cst2d_ablation.jsonl
     python benchmarks/cst_test_time_ablation.py --table cst2d_ablation.jsonl
