@@ -45,7 +45,7 @@ from pathlib import Path
 from scipy.stats import ttest_rel
 
 from regframe.pair_records import read_pair_records, records_filename
-from regframe.paired_statistics import paired_interval
+from regframe.paired_statistics import finite_mean, paired_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -198,11 +198,6 @@ def last_records(run_dir: Path, split: str = "val") -> dict[str, dict]:
     records = read_pair_records(paths[0])
     last = max(r["step"] for r in records)
     return {r["pair_id"]: r for r in records if r["step"] == last}
-
-
-def finite_mean(values) -> float:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(kept) if kept else math.nan
 
 
 def summary(values: list[float]) -> str:

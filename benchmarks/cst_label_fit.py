@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,15 @@ from regframe.estimators.protocols import field_at, trained_network
 from regframe.losses import end_point_error
 from regframe.optim.correlation import cost_volume
 from regframe.optim.upsample import upsample_field
+
+
+def training_pair(data: Any, labels: np.ndarray, index: int) -> tuple[torch.Tensor, ...]:
+    """Training pair ``index`` of ``data`` with its stored label: ``fixed, moving (1, 1, *S)``, the label
+    ``(1, D, *L)`` in label-grid voxels, and the fixed image's spacing ``(1, D)`` in mm per image voxel."""
+    fixed_index, moving_index = data.train_pairs[index]
+    return (data.train_subjects[fixed_index]["image"][None], data.train_subjects[moving_index]["image"][None],
+            torch.from_numpy(np.array(labels[index], dtype=np.float32))[None],
+            data.train_subjects[fixed_index]["spacing"][None].float())
 
 
 def main() -> None:
@@ -55,11 +65,8 @@ def main() -> None:
     saturated, spread = [], []
     count = len(data.train_pairs) if args.max_pairs is None else min(args.max_pairs, len(data.train_pairs))
     for index in range(count):
-        fixed_index, moving_index = data.train_pairs[index]
-        fixed = data.train_subjects[fixed_index]["image"][None]
-        moving = data.train_subjects[moving_index]["image"][None]
-        spacing = data.train_subjects[fixed_index]["spacing"].float() / model.label_resample_factor
-        target = torch.from_numpy(np.array(labels[index], dtype=np.float32))[None]
+        fixed, moving, target, spacing = training_pair(data, labels, index)
+        mm = (spacing[0] / model.label_resample_factor).tolist()
         with torch.no_grad():
             pred = field_at(network, fixed, moving, target.shape[2:]).float()
             cost = cost_volume(*network.pair_features(fixed, moving), network.radius, network.metric,
@@ -69,7 +76,7 @@ def main() -> None:
         spread.append(float((cost.amax(dim=1) - cost.amin(dim=1)).median()))
         projected = upsample_field(cell_average(target, label_stride), target.shape[2:])
         for name, field in zip(errors, (torch.zeros_like(target), pred, projected)):
-            errors[name].append(float(end_point_error(field, target, spacing.tolist(), model.loss_crop)))
+            errors[name].append(float(end_point_error(field, target, mm, model.loss_crop)))
     print(f"| field | EPE mm vs the labels ({count} training pairs, no augmentation) |\n|---|---|")
     for name, values in errors.items():
         print(f"| {name} | {statistics.fmean(values):.2f} |")

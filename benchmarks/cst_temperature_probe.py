@@ -17,6 +17,7 @@ import statistics
 
 import numpy as np
 import torch
+from cst_label_fit import training_pair
 
 from regframe.cli import RegframeCLI
 from regframe.estimators.protocols import field_at, trained_network
@@ -41,17 +42,13 @@ def main() -> None:
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.iterations, eta_min=1e-5)
 
-    def pair(index: int) -> tuple[torch.Tensor, ...]:
-        f, m = data.train_pairs[index]
-        return (data.train_subjects[f]["image"][None], data.train_subjects[m]["image"][None],
-                torch.from_numpy(np.array(labels[index], dtype=np.float32))[None], data.train_subjects[f]["spacing"][None])
-
     network.temperature = args.temperature
     model.train()
     for step in range(args.iterations):
-        batch = [pair(int(i)) for i in torch.randint(len(data.train_pairs), (2,), generator=generator)]
+        indices = torch.randint(len(data.train_pairs), (2,), generator=generator)
+        batch = [training_pair(data, labels, int(i)) for i in indices]
         fixed, moving, target, spacing = (torch.cat(parts) for parts in zip(*batch))
-        loss = model.pseudo_label_loss(fixed, moving, target, spacing.float())
+        loss = model.pseudo_label_loss(fixed, moving, target, spacing)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -62,8 +59,8 @@ def main() -> None:
     errors: dict[str, list[float]] = {"zero field": [], f"h∘g at temperature {args.temperature:g}": [],
                                       "h∘g at temperature 20": []}
     for index in range(min(args.eval_pairs, len(data.train_pairs))):
-        fixed, moving, target, spacing = pair(index)
-        mm = (spacing[0].float() / model.label_resample_factor).tolist()
+        fixed, moving, target, spacing = training_pair(data, labels, index)
+        mm = (spacing[0] / model.label_resample_factor).tolist()
         fields = [torch.zeros_like(target)]
         with torch.no_grad():
             for temperature in (args.temperature, 20.0):

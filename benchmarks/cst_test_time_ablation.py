@@ -35,7 +35,7 @@ from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.inverse_consistent import InverseConsistent
 from regframe.estimators.protocols import trained_network, unwrapped
 from regframe.metrics import pair_metrics
-from regframe.paired_statistics import paired_interval
+from regframe.paired_statistics import finite_mean, paired_interval
 
 SETTINGS = {"1 warp, no Adam": dict(warps=1, adam=False), "1 warp + Adam": dict(warps=1, adam=True),
             "2 warps, no Adam": dict(warps=2, adam=False), "2 warps + Adam": dict(warps=2, adam=True)}
@@ -68,11 +68,6 @@ def evaluate(estimator: torch.nn.Module | None, batches: list[dict]) -> list[dic
         rows.append({"pair_id": batch["pair_id"][0], "dice": m["dice"], "sdlogj": m["sdlogj_l2r"],
                      "fold_pct": m["fold_pct"], "seconds": seconds})
     return rows
-
-
-def finite_mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
 
 
 def run_ablation(args: argparse.Namespace) -> None:

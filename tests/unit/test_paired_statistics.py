@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy.stats import ttest_1samp
 
-from regframe.paired_statistics import paired_interval
+from regframe.paired_statistics import finite_mean, paired_interval
 
 
 def test_known_interval_of_three_differences():
@@ -28,3 +28,8 @@ def test_one_difference_has_no_interval_and_bad_input_raises():
         paired_interval([])
     with pytest.raises(ValueError, match="level"):
         paired_interval([1.0, 2.0], level=95)
+
+
+def test_finite_mean_skips_undefined_values():
+    assert finite_mean([0.5, math.nan, None, 0.7, math.inf]) == pytest.approx(0.6)
+    assert math.isnan(finite_mean([None, math.nan]))
