@@ -6,6 +6,9 @@ settings, i.e. what the training stages bought over the random features. Several
 the stage-end checkpoints of one run) are evaluated in turn, the random network once. 2D and 3D.
 ``--log FILE`` appends one JSON row per pair; ``--table FILE [FILE ...]`` summarises such rows of
 several runs (seeds) per stage, with the trained − random difference per seed and over pairs.
+``--label NAME`` logs a checkpoint that is not CST's (e.g. the MIND-supervised baseline, evaluated with
+its own ``--config``) under that network name; ``--compare FILE [FILE ...]`` then sets CST's final stage
+against each such network, setting by setting, paired over volume pairs.
 Uses regframe's public API: run from the repository root with this checkout installed
 (``pip install -e .``) or on ``PYTHONPATH=.``.
 
@@ -15,6 +18,10 @@ Uses regframe's public API: run from the repository root with this checkout inst
         --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_2d.yaml --networks trained random \
         --settings "2 warps, no Adam" "2 warps + Adam" --run seed0 --log cst2d_ablation.jsonl
     python benchmarks/cst_test_time_ablation.py --table cst2d_ablation.jsonl
+    python benchmarks/cst_test_time_ablation.py --ckpt runs/sup2d/mind_seed0/version_0/checkpoints/epoch=55.ckpt \
+        --config experiments/abdomen_mind_supervised.yaml --config experiments/abdomen_supervised_2d.yaml \
+        --label "MIND-supervised" --run seed0 --log baselines.jsonl
+    python benchmarks/cst_test_time_ablation.py --compare cst2d_ablation.jsonl baselines.jsonl
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ def run_ablation(args: argparse.Namespace) -> None:
         model.eval()
         stage = model.schedule.stage_at(checkpoint["epoch"]).index + 1 if hasattr(model, "schedule") else None
         for setting in args.settings:
-            record(args, batches, "trained", stage, model.estimator, setting, str(path))
+            record(args, batches, args.label, stage, model.estimator, setting, str(path))
 
 
 def record(args: argparse.Namespace, batches: list[dict], network: str, stage: int | None,
@@ -108,11 +115,55 @@ def record(args: argparse.Namespace, batches: list[dict], network: str, stage: i
                                          **row}) + "\n")
 
 
+def read_rows(paths: list[Path]) -> list[dict]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_pair_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Run -> volume pair -> mean Dice of its (slice) rows."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        cells[row["run"]][subject_pair(row["pair_id"])].append(row["dice"])
+    return {run: {pair: finite_mean(values) for pair, values in pairs.items()} for run, pairs in cells.items()}
+
+
+def compare(paths: list[Path]) -> str:
+    """CST's final stage (network ``trained``, its highest stage) against every other labelled network, per
+    setting: Dice mean ± sd over runs, and CST − other over the volume pairs (each side averaged over its
+    runs first; t interval over pairs). Runs of different methods are not paired, pairs are."""
+    rows = read_rows(paths)
+    final = max(row["stage"] for row in rows if row["network"] == "trained")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["network"] == "trained" and row["stage"] == final:
+            groups[(f"CST stage {final}", row["setting"])].append(row)
+        elif row["network"] not in ("identity", "random", "trained"):
+            groups[(row["network"], row["setting"])].append(row)
+    lines = ["| setting | network | runs | Dice (mean ± sd over runs) | CST − this network (95 % CI over pairs) |",
+             "|---|---|---|---|---|"]
+    for setting in sorted({setting for _, setting in groups}):
+        cst = run_pair_means(groups.get((f"CST stage {final}", setting), []))
+        cst_pairs = {p: statistics.fmean(m[p] for m in cst.values()) for p in set.intersection(*map(set, cst.values()))} \
+            if cst else {}
+        for network in sorted({name for name, s in groups if s == setting}):
+            runs = run_pair_means(groups[(network, setting)])
+            means = [finite_mean(list(pairs.values())) for pairs in runs.values()]
+            spread = f" ± {statistics.stdev(means):.4f}" if len(means) > 1 else ""
+            difference = ""
+            if not network.startswith("CST") and cst_pairs:
+                other = {p: statistics.fmean(m[p] for m in runs.values()) for p in set.intersection(*map(set, runs.values()))}
+                diffs = [cst_pairs[p] - other[p] for p in cst_pairs if p in other and math.isfinite(cst_pairs[p] - other[p])]
+                mean, low, high = paired_interval(diffs)
+                difference = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] ({len(diffs)} pairs)"
+            lines.append(f"| {setting} | {network} | {len(means)} | {statistics.fmean(means):.4f}{spread} | {difference} |")
+    return "\n".join(lines)
+
+
 def table(paths: list[Path]) -> str:
     """Per stage and setting: mean Dice over pairs, mean ± sd over runs; then each trained stage
     minus the random network (stage 0) in the same setting: per-run differences (mean ± sd, t interval
     over runs) and the run-averaged difference per volume pair (t interval over pairs)."""
-    rows = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+    rows = [row for row in read_rows(paths) if row["network"] in ("identity", "random", "trained")]
     by_cell: dict[tuple, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
         if row["network"] == "identity":
@@ -173,10 +224,13 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--run", default="run", help="name of this run in the log (e.g. its seed)")
     parser.add_argument("--log", help="append one JSON row per pair here")
+    parser.add_argument("--label", default="trained",
+                        help="network name of the --ckpt rows in the log (a baseline's name; default: CST's 'trained')")
     parser.add_argument("--table", nargs="+", type=Path, help="summarise logged rows instead of running")
+    parser.add_argument("--compare", nargs="+", type=Path, help="CST's final stage against the labelled networks")
     args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
+    if args.table or args.compare:
+        print(table(args.table) if args.table else compare(args.compare))
         return
     if not args.config or ("trained" in args.networks and not args.ckpt):
         parser.error("--config is required, and --ckpt with --networks trained")

@@ -39,6 +39,7 @@ from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.cst_pipeline import cst_pipeline
 from regframe.estimators.protocols import field_at, trained_network
+from regframe.estimators.two_step import TwoStep
 from regframe.features.cnn import he_initialise
 from regframe.losses import end_point_error
 from regframe.methods.base import RegistrationModule
@@ -193,6 +194,10 @@ class CyclicalSelfTraining(SelfTrainingLoop, RegistrationModule):
             shrink layer by layer and the soft arg-min returns almost zero displacement. The trained
             network keeps its own initialisation.
         amp: run the feature CNN under bfloat16 autocast on CUDA (the optimiser stays float32).
+        training_passes: passes of the trained network in the loss: 1 (the paper) trains ``h∘g`` alone,
+            whose reach is one search radius at the feature stride; 2 trains it twice with shared
+            weights (:class:`~regframe.estimators.two_step.TwoStep`: register, warp, register again),
+            as the pseudo labels' second warp is made, so labels beyond one pass's reach can be fitted.
     """
 
     def __init__(
@@ -214,6 +219,7 @@ class CyclicalSelfTraining(SelfTrainingLoop, RegistrationModule):
         amp: bool = True,
         label_warp: str = "nearest",
         compute_hd95: bool = True,
+        training_passes: int = 1,
     ) -> None:
         estimator = estimator if estimator is not None else cst_pipeline()
         if not callable(getattr(estimator, "refine", None)):
@@ -228,6 +234,14 @@ class CyclicalSelfTraining(SelfTrainingLoop, RegistrationModule):
         self.augmentation = PairAffineAugmentation(sigma_fixed, sigma_moving_extra) if augment else None
         self.pseudo_label_batch = pseudo_label_batch
         self.amp = amp
+        if training_passes not in (1, 2):
+            raise RegframeInputError(f"model.init_args.training_passes must be 1 or 2, got {training_passes}")
+        self.training_passes = training_passes
+
+    def training_network(self) -> torch.nn.Module:
+        """What the loss trains: the trained network, once or (``training_passes=2``) twice with shared weights."""
+        network = trained_network(self.estimator)
+        return network if self.training_passes == 1 else TwoStep(network)
 
     # ------------------------------------------------------------------ pseudo labels
     def label_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -269,15 +283,15 @@ class CyclicalSelfTraining(SelfTrainingLoop, RegistrationModule):
 
     # ------------------------------------------------------------------ training
     def pseudo_label_loss(self, fixed: Tensor, moving: Tensor, target: Tensor, spacing: Tensor | None = None) -> Tensor:
-        """CST's learning-stream loss: the asymmetric augmentation (if on), the trained network's field
-        on the label grid of ``target (B, D, *L)`` (voxels of that grid; bf16 autocast on CUDA with
-        ``amp``), and the mean end-point error in mm against ``target``, ignoring ``loss_crop`` voxels
-        at every border. ``spacing (B, D)``: mm per voxel of the image grid (default 1)."""
+        """CST's learning-stream loss: the asymmetric augmentation (if on), the field of
+        :meth:`training_network` on the label grid of ``target (B, D, *L)`` (voxels of that grid; bf16
+        autocast on CUDA with ``amp``), and the mean end-point error in mm against ``target``, ignoring
+        ``loss_crop`` voxels at every border. ``spacing (B, D)``: mm per voxel of the image grid (default 1)."""
         if self.augmentation is not None:
             fixed, moving, target = self.augmentation(fixed, moving, target)
         use_amp = self.amp and fixed.device.type == "cuda"
         with torch.autocast(device_type=fixed.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = field_at(trained_network(self.estimator), fixed, moving, target.shape[2:])
+            pred = field_at(self.training_network(), fixed, moving, target.shape[2:])
         dims = fixed.dim() - 2
         spacing = spacing.to(pred) if spacing is not None else torch.ones(fixed.shape[0], dims, device=pred.device)
         mm = (spacing / self.label_resample_factor).view(-1, dims, *([1] * dims))

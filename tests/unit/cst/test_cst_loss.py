@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
+from regframe.errors import RegframeInputError
 from regframe.estimators.refine import Refined
 from regframe.methods.cyclical import CyclicalSelfTraining
 from regframe.optim.instance import InstanceOptimisation
@@ -51,3 +53,23 @@ def test_without_spacing_the_loss_is_in_image_voxels():
     images = torch.rand(1, 1, 8, 12, 10)
     loss = cst.pseudo_label_loss(images, images, torch.zeros(1, 3, 4, 6, 5))
     assert abs(loss.item() - 5.0) < 1e-5
+
+
+def test_two_training_passes_train_the_network_composed_with_itself():
+    """``training_passes=2``: the loss sees ``TwoStep`` of the network with shared weights; a constant
+    field ``c`` composed with itself is ``2c``, so the loss is ``||2c * spacing||`` and ``c`` gets twice the gradient."""
+    c = [1.0, -0.5, 0.25]
+    cst = CyclicalSelfTraining(Refined(ConstantField(c), InstanceOptimisation(iterations=0)), augment=False,
+                               label_resample_factor=0.5, loss_crop=2, compute_hd95=False, training_passes=2)
+    images = torch.rand(1, 1, 16, 16, 16)
+    loss = cst.pseudo_label_loss(images, images, torch.zeros(1, 3, 8, 8, 8))
+    norm = sum((2 * ci) ** 2 for ci in c) ** 0.5
+    assert abs(loss.item() - norm) < 1e-4
+    loss.backward()
+    torch.testing.assert_close(cst.estimator.estimator.vector.grad, torch.tensor([4 * ci / norm for ci in c]),
+                               atol=1e-4, rtol=0)
+
+
+def test_training_passes_other_than_one_or_two_are_refused():
+    with pytest.raises(RegframeInputError, match="training_passes must be 1 or 2"):
+        CyclicalSelfTraining(Refined(ConstantField([0.0, 0.0]), InstanceOptimisation(iterations=0)), training_passes=3)
