@@ -1,13 +1,13 @@
 """Can CST's network fit its pseudo labels when trained differently? (issue 12, diagnosis probe)
 
-Trains a fresh network ``g`` (the run's config, PyTorch's default initialisation as CST's trained network, seed 0) for ``--iterations``
-steps of CST's loss (paper augmentation, batch 2, Adam 1e-3 cosine to 1e-5) on fixed pseudo labels
-(a ``stage_NN.npy`` of a run), with ``h``'s soft arg-min at ``--temperature`` during training only and
-``--passes`` passes of ``h∘g`` in the loss (``CyclicalSelfTraining.training_passes``) and any ``--set``
-config overrides (no augmentation, a wider ``g``), then reports the
-end-point error on the training pairs without augmentation, one and two passes, at the training temperature
-and at the paper's 20, next to the zero field. ``--save`` writes the model as a checkpoint of stage 1 for
-``cst_test_time_ablation.py``.
+Trains a fresh network ``g`` (the run's config, PyTorch's default initialisation as CST's trained
+network, seed 0) for ``--iterations`` steps of CST's loss (paper augmentation, batch 2, Adam 1e-3 cosine
+to 1e-5) on fixed pseudo labels (a ``stage_NN.npy`` of a run), with ``h``'s soft arg-min at
+``--temperature`` during training only, ``--passes`` passes of ``h∘g`` in the loss
+(``CyclicalSelfTraining.training_passes``) and any ``--set`` config overrides (no augmentation, a wider
+``g``). Then reports the end-point error on the training pairs without augmentation, for one and two
+passes, at the training temperature and at the paper's 20, next to the zero field. ``--save`` writes
+the model as a stage-1 checkpoint for ``cst_test_time_ablation.py``.
 
     python benchmarks/cst_label_training_probe.py --config experiments/abdomen_cst.yaml --config experiments/abdomen_cst_2d.yaml \
         --labels runs/cst2d/seed0/version_0/pseudo_labels/stage_07.npy --temperature 1 --iterations 500
