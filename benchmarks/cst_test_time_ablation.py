@@ -127,6 +127,12 @@ def run_pair_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {run: {pair: finite_mean(values) for pair, values in pairs.items()} for run, pairs in cells.items()}
 
 
+def run_averaged(runs: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Volume pair -> its Dice averaged over the runs (pairs that every run has)."""
+    common = set.intersection(*map(set, runs.values())) if runs else set()
+    return {pair: statistics.fmean(means[pair] for means in runs.values()) for pair in common}
+
+
 def compare(paths: list[Path]) -> str:
     """CST's final stage (network ``trained``, its highest stage) against every other labelled network, per
     setting: Dice mean ± sd over runs, and CST − other over the volume pairs (each side averaged over its
@@ -142,16 +148,14 @@ def compare(paths: list[Path]) -> str:
     lines = ["| setting | network | runs | Dice (mean ± sd over runs) | CST − this network (95 % CI over pairs) |",
              "|---|---|---|---|---|"]
     for setting in sorted({setting for _, setting in groups}):
-        cst = run_pair_means(groups.get((f"CST stage {final}", setting), []))
-        cst_pairs = {p: statistics.fmean(m[p] for m in cst.values()) for p in set.intersection(*map(set, cst.values()))} \
-            if cst else {}
+        cst_pairs = run_averaged(run_pair_means(groups.get((f"CST stage {final}", setting), [])))
         for network in sorted({name for name, s in groups if s == setting}):
             runs = run_pair_means(groups[(network, setting)])
             means = [finite_mean(list(pairs.values())) for pairs in runs.values()]
             spread = f" ± {statistics.stdev(means):.4f}" if len(means) > 1 else ""
             difference = ""
             if not network.startswith("CST") and cst_pairs:
-                other = {p: statistics.fmean(m[p] for m in runs.values()) for p in set.intersection(*map(set, runs.values()))}
+                other = run_averaged(runs)
                 diffs = [cst_pairs[p] - other[p] for p in cst_pairs if p in other and math.isfinite(cst_pairs[p] - other[p])]
                 mean, low, high = paired_interval(diffs)
                 difference = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] ({len(diffs)} pairs)"
