@@ -1,7 +1,7 @@
 """Mono-Seg on LPBA40 as the JRSS teacher: how its pseudo labels would be screened, scored on subjects
 that are not test subjects (the probe that chose ``seg_ce_weight`` in ``experiments/lpba40_jrss.yaml``).
 
-Trains ``mode=mono_seg`` for 33 epochs (what ``jrss_lpba40.py`` gives the Mono-Seg control) with the
+Trains ``mode=mono_seg`` for 33 epochs (what ``jrss_benchmark.py`` gives the Mono-Seg control) with the
 given ``--seg-ce-weight``, then, on the unlabelled training subjects and on the validation subjects
 (S39, S40), reports: the mean Dice over the structures in each true map (56-class argmax), the share of
 background and of foreground voxels whose largest class probability exceeds τ = 0.7 (what JRSS keeps as

@@ -110,7 +110,8 @@ class PairedDataModule(RegistrationDataModule):
     training image (with its label), e.g. for segmentation-style training. ``group_patients``: cases
     whose moving-side labels are identical are one patient and stay in one split part (in
     ``prostate_mr_us`` a third of the cases repeat another case's MR; a plain case split put the same
-    patient's MR in training and test for 30–50 % of the test cases).
+    patient's MR in training and test for 30–50 % of the test cases), and inter-patient pair kinds
+    leave out the pairs of two cases of one patient.
     """
 
     def __init__(
@@ -217,8 +218,12 @@ class PairedDataModule(RegistrationDataModule):
             if len(sides) == 2:
                 chosen = [subjects[(case, side)] for case in self.splits[part] for side in sides]
                 return chosen, [(2 * i, 2 * i + 1) for i in range(len(self.splits[part]))]
-            chosen = [subjects[(case, sides[0])] for case in self.splits[part]]
-            return chosen, enumerate_pairs(len(chosen), order)
+            cases = self.splits[part]
+            chosen = [subjects[(case, sides[0])] for case in cases]
+            pairs = enumerate_pairs(len(chosen), order)
+            if patients is not None:   # two cases of one patient are no inter-patient pair
+                pairs = [(i, j) for i, j in pairs if patients[cases[i]] != patients[cases[j]]]
+            return chosen, pairs
 
         self.train_subjects, self.train_pairs = build("train", self.pair_order)
         self.val_subjects, self.val_pairs = build("val", "unordered")

@@ -100,7 +100,7 @@ def fake_acdc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def benchmark_script() -> Callable[[str], ModuleType]:
-    """Loader of a script of ``benchmarks/`` by name (``"jrss_lpba40"``) as a module, each loaded once;
+    """Loader of a script of ``benchmarks/`` by name (``"jrss_benchmark"``) as a module, each loaded once;
     ``benchmarks/`` is on ``sys.path`` as when the script runs, so sibling imports work."""
     loaded: dict[str, ModuleType] = {}
 

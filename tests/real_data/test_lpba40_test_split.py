@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_written_test_dataset_lists_the_configs_test_pairs(shared_data, benchmark_script, tmp_path, monkeypatch):
     if not (REPO.parent / "shared" / "data" / "LPBA40").is_dir():
         pytest.skip("the config reads ../shared/data/LPBA40, which is absent")
-    benchmark = benchmark_script("jrss_lpba40")
+    benchmark = benchmark_script("jrss_benchmark")
     monkeypatch.chdir(REPO)
     written = load_dataset_json(benchmark.write_test_dataset(tmp_path / "test_split"))
     subject = lambda path: Path(path).name.split("_")[1]  # noqa: E731

@@ -193,3 +193,13 @@ def test_image_stored_flipped_is_reoriented_and_other_spacing_refused(layout: Pa
     write_nifti(flipped / "moving_images" / "obs003.nii.gz", np.zeros(MOVING, np.uint8), np.diag([1.5, 1.5, 2.0, 1.0]))
     with pytest.raises(RegframeInputError, match=r"moving_images/obs003.nii.gz: spacing \(1.5, 1.5, 2.0\) mm differs"):
         PairedDataModule(str(flipped), pair_kind="moving-moving", split=(6, 0, 0)).setup()
+
+
+def test_inter_patient_pairs_leave_out_two_cases_of_one_patient(tmp_path: Path):
+    """Cases 1, 4 and 5 are one patient: of the 6 × 5 ordered pairs, the 6 among those three go."""
+    root = _write_layout(tmp_path, cases=6, same_patient={4: 1, 5: 1})
+    dm = PairedDataModule(str(root), pair_kind="moving-moving", split=(6, 0, 0), pair_order="ordered")
+    dm.setup()
+    assert len(dm.train_subjects) == 6 and len(dm.train_pairs) == 30 - 6
+    one_patient = {dm.splits["train"].index(c) for c in ("obs001", "obs004", "obs005")}
+    assert not any(i in one_patient and j in one_patient for i, j in dm.train_pairs)

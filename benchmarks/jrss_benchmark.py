@@ -1,8 +1,10 @@
-"""JRSS against Mono-Seg and Mono-Reg on LPBA40 with the shipped ``experiments/lpba40_jrss.yaml``.
+"""JRSS against Mono-Seg, Mono-Reg and the controls with a shipped JRSS config: ``--config``, by default
+``experiments/lpba40_jrss.yaml`` (LPBA40), or ``experiments/prostate_jrss.yaml`` (prostate MR).
 
 Each job (method, seed) trains through ``RegframeCLI`` (what ``regframe fit --config ...`` runs, W&B
-off) and then tests the trained model in memory on the config's 8 held-out test subjects (12
-registration pairs: 2 fixed × 6 moving, segmentation of all 8 subjects as fixed and moving images).
+off) and then tests the trained model in memory on the config's held-out test subjects (LPBA40: 8
+subjects, 12 registration pairs: 2 fixed × 6 moving; segmentation of every test subject as fixed and
+moving image).
 The in-memory model is the run's final checkpoint (for JRSS: segmenter = EMA teacher,
 ``final_segmenter="teacher"``). One JSON line per job goes to ``--out``.
 
@@ -21,13 +23,14 @@ Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_se
 ``--training-free identity pyramid_mind convex_adam`` scores training-free methods on the same test pairs
 (``identity``: unregistered) at the config's resolution. ``--write-test-dataset FOLDER`` writes the test
 split as a Learn2Reg folder for ``regframe register --dataset`` / ``regframe evaluate`` at full resolution.
-``--num-labelled N`` changes N (one ``--out`` file per N). ``--table`` prints mean ± sd over seeds and
-the per-seed paired differences JRSS − control with a 95 % t interval. Run one process per core:
+``--atlas`` and ``--write-test-dataset`` need a Learn2Reg config (LPBA40). ``--num-labelled N`` changes N
+(one ``--out`` file per N). ``--table`` prints mean ± sd over seeds and the per-seed paired differences
+JRSS − control with a 95 % t interval. Run one process per core:
 
-    OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 0/2 &
-    OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40.py --shard 1/2
-    python benchmarks/jrss_lpba40.py --training-free identity pyramid_mind convex_adam
-    python benchmarks/jrss_lpba40.py --table
+    OMP_NUM_THREADS=1 python benchmarks/jrss_benchmark.py --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/jrss_benchmark.py --shard 1/2
+    python benchmarks/jrss_benchmark.py --training-free identity pyramid_mind convex_adam
+    python benchmarks/jrss_benchmark.py --table
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ from regframe.estimators.registry import TRAINING_FREE, build_training_free
 from regframe.job_shards import append_record, pending_jobs
 from regframe.label_groups import grouped_dice, named_groups
 from regframe.metrics import dice_per_label, pair_metrics
-from regframe.spatial import warp_labels
 from regframe.paired_statistics import paired_interval
 from regframe.segmenters.dropout import recalibrate_batchnorm
+from regframe.spatial import warp_labels
 
 CONFIG = "experiments/lpba40_jrss.yaml"
 METHODS = {  # method -> options after the shipped config
@@ -95,8 +98,8 @@ class AveragedLastEpochs(pl.Callback):
         pl_module.segmenter.load_state_dict(self.ema.teacher.state_dict())
 
 
-def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5) -> dict[str, Any]:
-    args = ["--config", CONFIG, *METHODS[method], "--seed_everything", str(seed),
+def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5, config: str = CONFIG) -> dict[str, Any]:
+    args = ["--config", config, *METHODS[method], "--seed_everything", str(seed),
             "--model.init_args.labelled_seed", str(seed), "--model.init_args.num_labelled", str(num_labelled),
             "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -117,19 +120,19 @@ def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5) -> dic
     return record
 
 
-def config_datamodule(*stages: str) -> Any:
-    """The shipped config's data module, set up for ``stages`` (``"fit"``, ``"test"``)."""
-    datamodule = RegframeCLI(args=["--config", CONFIG, "--trainer.logger", "false"], run=False).datamodule
+def config_datamodule(*stages: str, config: str = CONFIG) -> Any:
+    """The data module of ``config``, set up for ``stages`` (``"fit"``, ``"test"``)."""
+    datamodule = RegframeCLI(args=["--config", config, "--trainer.logger", "false"], run=False).datamodule
     for stage in stages:
         datamodule.setup(stage)
     return datamodule
 
 
-def training_free_record(name: str) -> dict[str, Any]:
+def training_free_record(name: str, config: str = CONFIG) -> dict[str, Any]:
     """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
-    pairs of the config's data at its resolution (quarter), the grid JRSS is scored on; seconds per pair
+    pairs of the config's data at its resolution (LPBA40: quarter), the grid JRSS is scored on; seconds per pair
     of the registration call alone (median)."""
-    datamodule = config_datamodule("test")
+    datamodule = config_datamodule("test", config=config)
     subjects = datamodule.test_subjects
     estimator = build_training_free(name).eval()
     pairs, scores, seconds = {}, [], []
@@ -308,6 +311,8 @@ def table_by_n(paths: list[Path]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=CONFIG, help="a JRSS experiment whose data module has a test split "
+                        "and the stage plan 30 + 15 + 3 × (5 + 1) epochs (e.g. experiments/prostate_jrss.yaml)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-labelled", type=int, default=5,
@@ -344,13 +349,13 @@ def main() -> None:
         return
     if args.training_free:
         for name in args.training_free:
-            record = training_free_record(name)
+            record = training_free_record(name, args.config)
             append_record(args.out, record)
             print(f"{name}: reg {record['dice']:.4f}, {record['seconds_per_pair']:.2f} s per pair", flush=True)
         return
     jobs = [(method, seed) for seed in args.seeds for method in args.methods]  # seed-major
     for method, seed in pending_jobs(jobs, args.shard, args.out, lambda r: (r["method"], r["seed"])):
-        record = run_job(method, seed, args.run_dir, args.num_labelled)
+        record = run_job(method, seed, args.run_dir, args.num_labelled, args.config)
         append_record(args.out, record)
         print(f"{method} seed {seed}: seg {record.get('seg_dice', float('nan')):.4f} "
               f"reg {record.get('dice', float('nan')):.4f} in {record['train_s']:.0f} s", flush=True)

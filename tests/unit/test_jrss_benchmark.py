@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def benchmark(benchmark_script):
-    return benchmark_script("jrss_lpba40")
+    return benchmark_script("jrss_benchmark")
 
 
 def test_table_reports_means_and_paired_differences(benchmark, tmp_path):
