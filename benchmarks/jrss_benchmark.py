@@ -1,5 +1,6 @@
 """JRSS against Mono-Seg, Mono-Reg and the controls with a shipped JRSS config: ``--config``, by default
-``experiments/lpba40_jrss.yaml`` (LPBA40), or ``experiments/prostate_jrss.yaml`` (prostate MR).
+``experiments/lpba40_jrss.yaml`` (LPBA40); ``experiments/prostate_jrss.yaml`` (prostate MR);
+``experiments/abdomen_jrss.yaml experiments/abdomen_jrss_cpu.yaml`` (abdomen CT).
 
 Each job (method, seed) trains through ``RegframeCLI`` (what ``regframe fit --config ...`` runs, W&B
 off) and then tests the trained model in memory on the config's held-out test subjects (LPBA40: 8
@@ -41,6 +42,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,7 @@ from regframe.paired_statistics import paired_interval
 from regframe.segmenters.dropout import recalibrate_batchnorm
 from regframe.spatial import warp_labels
 
-CONFIG = "experiments/lpba40_jrss.yaml"
+CONFIG = ("experiments/lpba40_jrss.yaml",)   # config files, composed in order
 METHODS = {  # method -> options after the shipped config
     "jrss": [],
     "mono_seg": ["--model.init_args.mode", "mono_seg", "--model.init_args.seg_pretrain_epochs", "33",
@@ -98,8 +100,14 @@ class AveragedLastEpochs(pl.Callback):
         pl_module.segmenter.load_state_dict(self.ema.teacher.state_dict())
 
 
-def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5, config: str = CONFIG) -> dict[str, Any]:
-    args = ["--config", config, *METHODS[method], "--seed_everything", str(seed),
+def config_args(config: Sequence[str]) -> list[str]:
+    """``--config FILE`` for each file of ``config``."""
+    return [arg for file in config for arg in ("--config", file)]
+
+
+def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5,
+            config: Sequence[str] = CONFIG) -> dict[str, Any]:
+    args = [*config_args(config), *METHODS[method], "--seed_everything", str(seed),
             "--model.init_args.labelled_seed", str(seed), "--model.init_args.num_labelled", str(num_labelled),
             "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -120,15 +128,15 @@ def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5, config
     return record
 
 
-def config_datamodule(*stages: str, config: str = CONFIG) -> Any:
+def config_datamodule(*stages: str, config: Sequence[str] = CONFIG) -> Any:
     """The data module of ``config``, set up for ``stages`` (``"fit"``, ``"test"``)."""
-    datamodule = RegframeCLI(args=["--config", config, "--trainer.logger", "false"], run=False).datamodule
+    datamodule = RegframeCLI(args=[*config_args(config), "--trainer.logger", "false"], run=False).datamodule
     for stage in stages:
         datamodule.setup(stage)
     return datamodule
 
 
-def training_free_record(name: str, config: str = CONFIG) -> dict[str, Any]:
+def training_free_record(name: str, config: Sequence[str] = CONFIG) -> dict[str, Any]:
     """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
     pairs of the config's data at its resolution (LPBA40: quarter), the grid JRSS is scored on; seconds per pair
     of the registration call alone (median)."""
@@ -311,8 +319,9 @@ def table_by_n(paths: list[Path]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=CONFIG, help="a JRSS experiment whose data module has a test split "
-                        "and the stage plan 30 + 15 + 3 × (5 + 1) epochs (e.g. experiments/prostate_jrss.yaml)")
+    parser.add_argument("--config", nargs="+", default=list(CONFIG),
+                        help="JRSS experiment files, composed in order, whose stage plan is 30 + 15 + 3 × (5 + 1) "
+                             "epochs (e.g. experiments/prostate_jrss.yaml)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--num-labelled", type=int, default=5,

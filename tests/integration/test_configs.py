@@ -30,6 +30,7 @@ BASES = {  # overlay config (glob, relative to experiments/) -> the configs it i
     "demo.yaml": ["abdomen_cst.yaml"],
     "abdomen_cst_cpu.yaml": ["abdomen_cst.yaml"],
     "abdomen_cst_2d.yaml": ["abdomen_cst.yaml"],
+    "abdomen_jrss_cpu.yaml": ["abdomen_jrss.yaml"],
     "abdomen_supervised_2d.yaml": ["abdomen_mind_supervised.yaml"],
     **{f"prostate_us_{baseline}.yaml": ["prostate_us_adacs.yaml"]
        for baseline in ("vanilla", "nll", "beta_nll", "adareg", "adaframe", "transmorph")},
