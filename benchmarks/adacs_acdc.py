@@ -19,6 +19,14 @@ seeds; pairs whose Dice is undefined in any run are left out and counted).
     python benchmarks/adacs_acdc.py --table
     python benchmarks/adacs_acdc.py --score-stats        # what the AdaCS runs' scorers learned
 
+Tuning an objective's own settings without the validation patients: ``--tune-patients K`` validates on K
+held-out training patients (``ACDCDataModule(tune_patients=K)``; the 20 validation patients are not read),
+``--set KEY=VALUE`` changes a config value and ``--label`` names the row (``OBJECTIVE@LABEL``), e.g.
+
+    OMP_NUM_THREADS=1 python benchmarks/adacs_acdc.py --objectives adareg --seeds 0 --tune-patients 10 \
+        --set model.init_args.objective.init_args.c=5 --label c5 --out-dir runs/acdc_tuning
+    python benchmarks/adacs_acdc.py --table --out-dir runs/acdc_tuning
+
 On a folder holding the ACDC test patients in ``ROOT/testing`` (not in ``../shared``), the same runs
 are evaluated by ``regframe test --ckpt_path`` with their last checkpoint, and tabled the same way:
 
@@ -40,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from scipy.stats import ttest_rel
@@ -57,9 +66,10 @@ IDENTITY = "identity"
 
 
 def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_dir: Path,
-                  max_epochs: int | None = None) -> list[str]:
-    """``regframe fit`` arguments of one run: the shipped configs, the seed, the data root, the run folder
-    and, for a control of a different length, ``max_epochs`` (validated once, at the end)."""
+                  max_epochs: int | None = None, overrides: Sequence[str] = ()) -> list[str]:
+    """``regframe fit`` arguments of one run: the shipped configs, the seed, the data root, the run folder,
+    for a control of a different length ``max_epochs`` (validated once, at the end), then ``overrides``
+    (CLI options, e.g. a tuning run's objective setting and ``--data.init_args.tune_patients``)."""
     configs = [EXPERIMENTS / "acdc_adacs.yaml"]
     if objective != "adacs":
         configs.append(EXPERIMENTS / f"acdc_{objective}.yaml")
@@ -70,28 +80,43 @@ def fit_arguments(objective: str, architecture: str, seed: int, root: Path, run_
             "--trainer.logger.init_args.save_dir", str(run_dir),
             "--trainer.logger.init_args.name", run_dir.name, "--trainer.enable_progress_bar", "false",
             *(["--trainer.max_epochs", str(max_epochs), "--trainer.check_val_every_n_epoch", str(max_epochs)]
-              if max_epochs else [])]
+              if max_epochs else []), *overrides]
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """CLI options of ``--set KEY=VALUE`` (``--KEY VALUE``) and ``--tune-patients K``."""
+    overrides = []
+    for setting in args.set:
+        key, equals, value = setting.partition("=")
+        if not equals or not key:
+            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE, e.g. model.init_args.objective.init_args.c=5")
+        overrides += [f"--{key}", value]
+    if args.tune_patients:
+        overrides += ["--data.init_args.tune_patients", str(args.tune_patients)]
+    return overrides
 
 
 def run_jobs(args: argparse.Namespace) -> None:
     """Train the (seed, architecture, objective) runs in that order, each claimed by creating its run
     folder, so that several workers share the list; a run whose folder exists is skipped (delete the
     folder of a failed run to repeat it)."""
+    overrides = run_overrides(args)
     for seed, architecture, objective in itertools.product(args.seeds, args.architectures, args.objectives):
         label = f"{objective}_e{args.max_epochs}" if args.max_epochs else objective
-        run_dir = args.out_dir / f"{architecture}_{label}_s{seed}"
+        label += f"@{args.label}" if args.label else ""
+        run_dir = args.out_dir / f"{architecture}_{label.replace('@', '_')}_s{seed}"
         try:
             run_dir.mkdir()
         except FileExistsError:
             continue
         command = [sys.executable, "-m", "regframe", *fit_arguments(objective, architecture, seed, args.root, run_dir,
-                                                                     args.max_epochs)]
+                                                                     args.max_epochs, overrides)]
         start = time.perf_counter()
         with (args.out_dir / f"{run_dir.name}.log").open("w") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
         row = {"architecture": architecture, "objective": label, "seed": seed, "run_dir": str(run_dir),
                "train_s": round(time.perf_counter() - start, 1), "returncode": code,
-               "threads": os.environ.get("OMP_NUM_THREADS")}
+               "threads": os.environ.get("OMP_NUM_THREADS"), "overrides": overrides}
         with args.manifest.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -181,10 +206,11 @@ def evaluate_on_testing(args: argparse.Namespace) -> None:
         if row["returncode"] != 0 or row["objective"] == IDENTITY:
             continue
         run_dir = Path(row["run_dir"])
-        objective = re.sub(r"_e\d+$", "", row["objective"])
+        objective = re.sub(r"_e\d+$", "", row["objective"].partition("@")[0])
         test_dir = run_dir / "test"
         shutil.rmtree(test_dir, ignore_errors=True)
-        arguments = fit_arguments(objective, row["architecture"], row["seed"], args.root, test_dir)
+        overrides = [o for o in row.get("overrides", []) if "tune_patients" not in o]
+        arguments = fit_arguments(objective, row["architecture"], row["seed"], args.root, test_dir, overrides=overrides)
         command = [sys.executable, "-m", "regframe", "test", *arguments[1:], "--ckpt_path", str(last_checkpoint(run_dir))]
         code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         print(f"{run_dir.name}: test {'done' if code == 0 else f'failed ({code})'}", flush=True)
@@ -289,6 +315,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="a control of another length (run and table label OBJECTIVE_eN)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value of every run, e.g. model.init_args.objective.init_args.c=5 (repeatable)")
+    parser.add_argument("--label", default="", help="runs and table rows are OBJECTIVE@LABEL (e.g. the --set value)")
+    parser.add_argument("--tune-patients", type=int, default=0,
+                        help="validate on K held-out training patients instead of the 20 validation patients")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "acdc")
     parser.add_argument("--manifest", type=Path, default=None, help="default OUT_DIR/manifest.jsonl")
     parser.add_argument("--identity", action="store_true", help="record the unregistered pairs of --split")

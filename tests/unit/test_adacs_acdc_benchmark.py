@@ -65,3 +65,20 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     low, high = expected.confidence_interval(0.95)
     assert (result["low"], result["high"]) == (pytest.approx(low), pytest.approx(high))
     assert math.isnan(bench.finite_mean([None, math.nan]))
+
+
+def test_a_tuning_run_sets_the_objective_value_and_validates_on_held_out_training_patients(bench, tmp_path: Path,
+                                                                                          fake_acdc: Path):
+    from argparse import Namespace
+
+    from regframe.cli import RegframeCLI
+
+    args = Namespace(set=["model.init_args.objective.init_args.c=5"], tune_patients=1)
+    overrides = bench.run_overrides(args)
+    assert overrides == ["--model.init_args.objective.init_args.c", "5", "--data.init_args.tune_patients", "1"]
+    arguments = bench.fit_arguments("adareg", "voxelmorph", 0, fake_acdc, tmp_path / "run", overrides=overrides)
+    cli = RegframeCLI(args=[*arguments[1:], "--trainer.logger", "false"], run=False)
+    assert cli.model.objective.c == 5.0
+    assert cli.datamodule.tune_patients == 1
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.run_overrides(Namespace(set=["c5"], tune_patients=0))
