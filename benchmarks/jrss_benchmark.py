@@ -52,7 +52,8 @@ import torch.nn.functional as F
 
 from callbacks.ema import EMATeacher
 from regframe.cli import RegframeCLI
-from regframe.estimators.registry import TRAINING_FREE, build_training_free
+from regframe.errors import RegframeInputError
+from regframe.estimators.registry import TRAINING_FREE, build_training_free, parse_method
 from regframe.job_shards import append_record, pending_jobs
 from regframe.label_groups import grouped_dice, named_groups
 from regframe.metrics import dice_per_label, pair_metrics
@@ -239,7 +240,8 @@ def table(path: Path) -> str:
             ("train_s", "train min"), ("seconds_per_pair", "s per pair")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     atlases = sorted(m for m in by_method if m.startswith("atlas_"))
-    for method in (*TRAINING_FREE, *METHODS, *atlases):
+    training_free = [m for m in by_method if m not in METHODS and m not in atlases]   # NAME or NAME:KEY=VALUE,...
+    for method in (*training_free, *METHODS, *atlases):
         runs = by_method.get(method, {})
         if not runs:
             continue
@@ -270,7 +272,7 @@ def table(path: Path) -> str:
     lines += ["", "| JRSS − training-free (per pair, JRSS averaged over seeds) | pairs | JRSS higher | mean "
               "| 95 % CI |", "|---|---|---|---|---|"]
     jrss_runs = list(by_method.get("jrss", {}).values())
-    for name in TRAINING_FREE:
+    for name in training_free:
         reference = by_method.get(name, {}).get(0, {}).get("pairs")
         if name == "identity" or not reference or not jrss_runs or not all("pairs" in r for r in jrss_runs):
             continue
@@ -329,8 +331,9 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     parser.add_argument("--out", type=Path, default=Path("runs/jrss_lpba40.jsonl"))
     parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40"))
-    parser.add_argument("--training-free", nargs="+", choices=list(TRAINING_FREE), metavar="NAME",
-                        help="record training-free methods (identity: unregistered) on the test pairs and exit")
+    parser.add_argument("--training-free", nargs="+", metavar="NAME",
+                        help="record training-free methods (NAME or NAME:KEY=VALUE,..., as in regframe register; "
+                             "identity: unregistered) on the test pairs and exit")
     parser.add_argument("--atlas", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record the multi-atlas segmentation baseline (the N labelled subjects of each seed "
                              "registered by NAME, majority vote) for --seeds and exit")
@@ -357,6 +360,11 @@ def main() -> None:
             print(f"atlas {args.atlas} seed {seed}: seg {record['seg_dice']:.4f} ({record['labelled_ids']})", flush=True)
         return
     if args.training_free:
+        for name in args.training_free:
+            try:
+                parse_method(name)
+            except RegframeInputError as error:
+                parser.error(f"--training-free: {error}")
         for name in args.training_free:
             record = training_free_record(name, args.config)
             append_record(args.out, record)
