@@ -98,3 +98,18 @@ def test_averaged_last_epochs_is_an_ema_from_its_start_epoch(benchmark):
         callback.on_train_batch_end(trainer, module)
     callback.on_train_end(trainer, module)
     assert torch.allclose(segmenter.weight, torch.full_like(segmenter.weight, (8 * 0.5 + 4 * 0.5) * 0.5))
+
+
+def test_a_training_free_method_with_settings_is_a_row_and_a_comparison(benchmark, tmp_path):
+    spec = "pyramid_mind:ice=1"
+    records = [{"method": spec, "seed": 0, "dice": 0.70, "std_jac": 0.1, "sdlogj": 0.1, "fold_pct": 0.0,
+                "seconds_per_pair": 1.0, "pairs": {"a": 0.70, "b": 0.60}}]
+    records += [{"method": "jrss", "seed": seed, "seg_dice": 0.8, "dice": 0.6, "std_jac": 0.1, "sdlogj": 0.05,
+                 "fold_pct": 0.0, "train_s": 60.0, "pairs": {"a": 0.65 + seed / 100, "b": 0.60}} for seed in (0, 1)]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    lines = benchmark.table(path).splitlines()
+    assert any(line.startswith(f"| {spec} | 1 |  |  | 0.7000 |") for line in lines)
+    # per pair: JRSS means 0.655 and 0.60 against 0.70 and 0.60 -> -0.045, 0.00
+    comparison = next(line for line in lines if line.startswith(f"| JRSS − {spec} |"))
+    assert comparison.startswith(f"| JRSS − {spec} | 2 | 0 | -0.0225 |")
