@@ -235,8 +235,8 @@ def table(path: Path) -> str:
     by_method: dict[str, dict[int, dict]] = {}
     for record in records:
         by_method.setdefault(record["method"], {})[record["seed"]] = record
-    keys = [("seg_dice", "seg Dice (56)"), ("seg_dice_grouped", "seg Dice (10 groups)"),
-            ("dice", "reg Dice (56)"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
+    keys = [("seg_dice", "seg Dice"), ("seg_dice_grouped", "seg Dice (groups)"),
+            ("dice", "reg Dice"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
             ("train_s", "train min"), ("seconds_per_pair", "s per pair")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     atlases = sorted(m for m in by_method if m.startswith("atlas_"))
