@@ -38,8 +38,6 @@ from regframe.paired_statistics import paired_interval
 
 CONFIG = "experiments/lpba40_jrss.yaml"
 PRETRAIN_EPOCHS = 45          # the config's seg_pretrain_epochs + reg_pretrain_epochs
-
-
 EXTRA: list[str] = []          # --extra: options appended to every run (e.g. a smoke run's limit_train_batches)
 
 
@@ -154,12 +152,12 @@ def main() -> None:
         return
     done = set()
     if args.out.exists():
-        done = {(r["seed"], r["tau"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
+        done = {(r["seed"], r["tau"]) for r in map(json.loads, filter(str.strip, args.out.read_text().splitlines()))}
     for seed in args.seeds:
         for tau in args.taus:
-            if (seed, tau) in done or (args.run_dir / f"tau{tau}_{seed}" / "claimed").exists():
+            if (seed, tau) in done:
                 continue
-            claim = args.run_dir / f"tau{tau}_{seed}"
+            claim = args.run_dir / f"tau{tau}_{seed}"   # the first process to create claim/claimed runs the job
             claim.mkdir(parents=True, exist_ok=True)
             try:
                 os.close(os.open(claim / "claimed", os.O_CREAT | os.O_EXCL))

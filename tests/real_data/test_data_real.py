@@ -83,5 +83,12 @@ def test_prostate_fixed_moving_and_inter_patient():
     dm.setup()
     n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])  # whole patients: may exceed 3 and 2
     assert n_train >= 3 and n_val >= 2
-    assert len(dm.train_pairs) == n_train * (n_train - 1) // 2 and len(dm.val_pairs) == n_val * (n_val - 1) // 2
+    patients = label_patients({case: PROSTATE / "moving_labels" / f"{case}.nii.gz" for part in dm.splits.values()
+                               for case in part}, 0)
+
+    def inter_patient_pairs(cases: list[str]) -> int:   # unordered pairs of cases of two different patients
+        return sum(patients[a] != patients[b] for i, a in enumerate(cases) for b in cases[i + 1:])
+
+    assert len(dm.train_pairs) == inter_patient_pairs(dm.splits["train"]) > 0
+    assert len(dm.val_pairs) == inter_patient_pairs(dm.splits["val"]) > 0
     assert dm.train_subjects[0]["image"].shape == (1, 47, 63, 44) and dm.train_subjects[0]["label"] is not None
