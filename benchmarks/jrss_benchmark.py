@@ -343,6 +343,8 @@ def main() -> None:
     parser.add_argument("--write-test-dataset", type=Path, metavar="FOLDER",
                         help="write a Learn2Reg folder of the test split (for register / evaluate) and exit")
     args = parser.parse_args()
+    if (args.atlas or args.write_test_dataset) and tuple(args.config) != CONFIG:
+        parser.error("--atlas and --write-test-dataset work on the LPBA40 config only; leave --config out")
     if args.table:
         print(table(args.out))
         return
