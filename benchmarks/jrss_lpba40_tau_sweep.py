@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from jrss_lpba40_mono_seg_probe import teacher_statistics
 
 from regframe.cli import RegframeCLI
-from regframe.job_shards import append_record
+from regframe.job_shards import append_record, claim
 from regframe.metrics import pair_metrics
 from regframe.paired_statistics import paired_interval
 
@@ -53,10 +52,7 @@ def pretrained_checkpoint(seed: int, run_dir: Path, poll_s: float = 30.0) -> Pat
     else waited for."""
     folder = run_dir / f"pretrain_{seed}"
     done = folder / "pretrained.ckpt"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(folder / "claimed", os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
+    if not claim(folder):
         while not done.exists():
             time.sleep(poll_s)
         return done
@@ -157,11 +153,7 @@ def main() -> None:
         for tau in args.taus:
             if (seed, tau) in done:
                 continue
-            claim = args.run_dir / f"tau{tau}_{seed}"   # the first process to create claim/claimed runs the job
-            claim.mkdir(parents=True, exist_ok=True)
-            try:
-                os.close(os.open(claim / "claimed", os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
+            if not claim(args.run_dir / f"tau{tau}_{seed}"):   # another process runs it
                 continue
             record = run_tau(seed, tau, args.run_dir)
             append_record(args.out, record)

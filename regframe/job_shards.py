@@ -1,9 +1,11 @@
 """Resumable, sharded job lists for benchmark scripts: one JSON line per finished job in an output file,
-jobs already there skipped, every n-th job run by shard i (one process per core)."""
+jobs already there skipped, every n-th job run by shard i (one process per core), or claimed by
+the first worker to create their `claimed` file (:func:`claim`)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,3 +40,14 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def claim(folder: Path) -> bool:
+    """Create ``folder/claimed`` atomically (folders created): True for the one process that created it,
+    False for every other, so that several workers share one job list without running a job twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / "claimed", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True

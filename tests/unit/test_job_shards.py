@@ -29,3 +29,12 @@ def test_shards_split_the_jobs_and_skip_finished_ones(tmp_path):
 def test_bad_shards_are_refused(text):
     with pytest.raises(ValueError, match="shard"):
         parse_shard(text)
+
+
+def test_claim_is_won_once(tmp_path):
+    from regframe.job_shards import claim
+
+    folder = tmp_path / "job" / "a"
+    assert claim(folder) and (folder / "claimed").is_file()
+    assert not claim(folder) and not claim(folder)
+    assert claim(tmp_path / "job" / "b")
