@@ -39,7 +39,7 @@ import torch
 from regframe.cli import RegframeCLI
 from regframe.estimators.point_refinement import RefinedPoints
 from regframe.estimators.protocols import trained_network
-from regframe.job_shards import append_record, pending_jobs
+from regframe.job_shards import append_record, pending_jobs, quiet_run_options
 from regframe.paired_statistics import paired_interval
 from regframe.point_metrics import landmark_tre
 
@@ -88,9 +88,8 @@ def held_out_tre(estimator: torch.nn.Module, datamodule: Any, spline_smooth_weig
 def run_job(method: str, fold: str, seed: int, root: str, run_dir: Path) -> dict[str, Any]:
     history = History()
     args = ["--config", CONFIGS[method], "--seed_everything", str(seed), "--data.init_args.root", root,
-            "--data.init_args.test_pair", fold, "--data.init_args.seed", str(seed), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(run_dir / f"{method}_{fold}_{seed}")]
+            "--data.init_args.test_pair", fold, "--data.init_args.seed", str(seed),
+            *quiet_run_options(run_dir / f"{method}_{fold}_{seed}")]
     smoothing = LABEL_SMOOTHING[fold]
     if method.startswith("cst"):
         args += [SMOOTHING_OPTION, str(smoothing if method == "cst" else 0.0)]

@@ -54,7 +54,7 @@ from callbacks.ema import EMATeacher
 from regframe.cli import RegframeCLI
 from regframe.errors import RegframeInputError
 from regframe.estimators.registry import TRAINING_FREE, build_training_free, parse_method
-from regframe.job_shards import append_record, pending_jobs
+from regframe.job_shards import append_record, pending_jobs, quiet_run_options
 from regframe.label_groups import grouped_dice, named_groups
 from regframe.metrics import dice_per_label, pair_metrics
 from regframe.paired_statistics import paired_interval
@@ -110,9 +110,7 @@ def run_job(method: str, seed: int, run_dir: Path, num_labelled: int = 5,
             config: Sequence[str] = CONFIG) -> dict[str, Any]:
     args = [*config_args(config), *METHODS[method], "--seed_everything", str(seed),
             "--model.init_args.labelled_seed", str(seed), "--model.init_args.num_labelled", str(num_labelled),
-            "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(run_dir / f"{method}_n{num_labelled}_{seed}")]
+            *quiet_run_options(run_dir / f"{method}_n{num_labelled}_{seed}")]
     cli = RegframeCLI(args=args, run=False)
     if method == "mono_seg_ema":
         cli.trainer.callbacks.append(AveragedLastEpochs(start_epoch=30))

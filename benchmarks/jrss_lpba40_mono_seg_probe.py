@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from regframe.cli import RegframeCLI
+from regframe.job_shards import quiet_run_options
 from regframe.metrics import dice_per_label
 
 CONFIG = "experiments/lpba40_jrss.yaml"
@@ -61,9 +62,7 @@ def probe(seg_ce_weight: float, seed: int, run_dir: Path) -> dict[str, Any]:
     args = ["--config", CONFIG, "--model.init_args.mode", "mono_seg", "--model.init_args.seg_pretrain_epochs", "33",
             "--trainer.max_epochs", "33", "--model.init_args.seg_ce_weight", str(seg_ce_weight),
             "--seed_everything", str(seed), "--model.init_args.labelled_seed", str(seed),
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(run_dir / f"ce{seg_ce_weight}_{seed}")]
+            *quiet_run_options(run_dir / f"ce{seg_ce_weight}_{seed}")]
     cli = RegframeCLI(args=args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

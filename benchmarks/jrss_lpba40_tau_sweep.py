@@ -31,7 +31,7 @@ import torch
 from jrss_lpba40_mono_seg_probe import teacher_statistics
 
 from regframe.cli import RegframeCLI
-from regframe.job_shards import append_record, claim
+from regframe.job_shards import append_record, claim, quiet_run_options
 from regframe.metrics import pair_metrics
 from regframe.paired_statistics import paired_interval
 
@@ -42,8 +42,7 @@ EXTRA: list[str] = []          # --extra: options appended to every run (e.g. a 
 
 def cli_args(seed: int, run_dir: Path, *extra: str) -> list[str]:
     return ["--config", CONFIG, "--seed_everything", str(seed), "--model.init_args.labelled_seed", str(seed),
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run_dir), *extra, *EXTRA]
+            *quiet_run_options(run_dir), *extra, *EXTRA]
 
 
 def pretrained_checkpoint(seed: int, run_dir: Path, poll_s: float = 30.0) -> Path:

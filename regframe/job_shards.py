@@ -51,3 +51,10 @@ def claim(folder: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def quiet_run_options(root_dir: Path) -> list[str]:
+    """CLI options for a benchmark's in-process ``RegframeCLI`` run: no logger, progress bar or model
+    summary; checkpoints under ``root_dir``."""
+    return ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root_dir)]

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.loggers.logger import DummyLogger
 from test_configs import CONF, CONFIGS, EXPERIMENTS, bases, data_location
 
 from regframe.cli import RegframeCLI, main
+from regframe.job_shards import quiet_run_options
 
 
 def parsed(config: str, tmp_path: Path, paired_phantom: Path, request: pytest.FixtureRequest) -> RegframeCLI:
@@ -63,3 +65,16 @@ def test_runs_without_logger_get_their_own_directory(tmp_path, paired_phantom, m
         assert saved["trainer"]["default_root_dir"] == "runs/weakly"
         assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["epoch=0-step=1.ckpt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_quiet_run_options_silence_a_logged_config(tmp_path, paired_phantom):
+    """A benchmark's in-process run of a W&B-logged config: no logger, no progress bar, no model summary,
+    checkpoints under the given folder."""
+    configs = [EXPERIMENTS / "prostate_jrss.yaml", CONF / "prostate_jrss.yaml"]
+    args = [*[a for c in configs for a in ("--config", str(c))], f"--data.init_args.root={paired_phantom}",
+            *quiet_run_options(tmp_path / "job")]
+    trainer = RegframeCLI(args=args, run=False).trainer
+    assert trainer.logger is None
+    assert trainer.progress_bar_callback is None
+    assert not any(isinstance(c, ModelSummary) for c in trainer.callbacks)
+    assert Path(trainer.default_root_dir) == tmp_path / "job"
