@@ -31,7 +31,7 @@ JRSS − control with a 95 % t interval. Run one process per core:
     OMP_NUM_THREADS=1 python benchmarks/jrss_benchmark.py --shard 0/2 &
     OMP_NUM_THREADS=1 python benchmarks/jrss_benchmark.py --shard 1/2
     python benchmarks/jrss_benchmark.py --training-free identity pyramid_mind convex_adam
-    python benchmarks/jrss_benchmark.py --table
+    python benchmarks/jrss_benchmark.py --table [MORE_RECORD_FILES ...]
 """
 
 from __future__ import annotations
@@ -228,8 +228,10 @@ def write_test_dataset(folder: Path) -> Path:
     return path
 
 
-def table(path: Path) -> str:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def table(*paths: Path) -> str:
+    """Mean ± sd over seeds per method, JRSS − control per seed and JRSS − training-free per pair, from the
+    records of ``paths`` (e.g. the trained runs and the training-free rows in separate files)."""
+    records = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     by_method: dict[str, dict[int, dict]] = {}
     for record in records:
         by_method.setdefault(record["method"], {})[record["seed"]] = record
@@ -260,7 +262,8 @@ def table(path: Path) -> str:
     for control, key in (("mono_seg", "seg_dice"), ("mono_seg", "seg_dice_grouped"), ("mono_seg_ema", "seg_dice"),
                          ("mono_seg_ema", "seg_dice_grouped"), ("mono_reg", "dice"),
                          ("frozen_pseudo_reg", "dice"), *((a, "seg_dice") for a in atlases)):
-        seeds = sorted(set(by_method.get("jrss", {})) & set(by_method.get(control, {})))
+        seeds = sorted(s for s in set(by_method.get("jrss", {})) & set(by_method.get(control, {}))
+                       if key in by_method["jrss"][s] and key in by_method[control][s])   # no label groups: no row
         if not seeds:
             continue
         differences = [by_method["jrss"][s][key] - by_method[control][s][key] for s in seeds]
@@ -335,7 +338,8 @@ def main() -> None:
     parser.add_argument("--atlas", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record the multi-atlas segmentation baseline (the N labelled subjects of each seed "
                              "registered by NAME, majority vote) for --seeds and exit")
-    parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    parser.add_argument("--table", nargs="*", type=Path, metavar="MORE",
+                        help="print the table of --out and of the record files MORE (e.g. training-free rows) and exit")
     parser.add_argument("--by-n", nargs="+", type=Path, metavar="OUT",
                         help="print one row per N labelled from these --out files and exit")
     parser.add_argument("--write-test-dataset", type=Path, metavar="FOLDER",
@@ -343,8 +347,8 @@ def main() -> None:
     args = parser.parse_args()
     if (args.atlas or args.write_test_dataset) and tuple(args.config) != CONFIG:
         parser.error("--atlas and --write-test-dataset work on the LPBA40 config only; leave --config out")
-    if args.table:
-        print(table(args.out))
+    if args.table is not None:
+        print(table(args.out, *args.table))
         return
     if args.by_n:
         print(table_by_n(args.by_n))

@@ -113,3 +113,20 @@ def test_a_training_free_method_with_settings_is_a_row_and_a_comparison(benchmar
     # per pair: JRSS means 0.655 and 0.60 against 0.70 and 0.60 -> -0.045, 0.00
     comparison = next(line for line in lines if line.startswith(f"| JRSS − {spec} |"))
     assert comparison.startswith(f"| JRSS − {spec} | 2 | 0 | -0.0225 |")
+
+
+def test_table_joins_record_files_and_skips_comparisons_without_label_groups(benchmark, tmp_path):
+    """Prostate: training-free rows in their own file, no label groups (no ``seg_dice_grouped``)."""
+    trained, training_free = tmp_path / "trained.jsonl", tmp_path / "training_free.jsonl"
+    trained.write_text("\n".join(json.dumps(r) for seed, (jrss_seg, seg) in enumerate([(0.7, 0.6), (0.8, 0.6)])
+                                 for r in ({"method": "jrss", "seed": seed, "seg_dice": jrss_seg, "dice": 0.6,
+                                            "pairs": {"a": 0.6, "b": 0.7}},
+                                           {"method": "mono_seg", "seed": seed, "seg_dice": seg, "dice": 0.5})))
+    training_free.write_text(json.dumps({"method": "convex_adam", "seed": 0, "dice": 0.7,
+                                         "pairs": {"a": 0.7, "b": 0.7}}))
+    lines = benchmark.table(trained, training_free).splitlines()
+    assert any(line.startswith("| convex_adam | 1 |  |  | 0.7000 |") for line in lines)
+    assert any(line.startswith("| JRSS − mono_seg | seg_dice | +0.1000 / +0.2000 | +0.1500 |") for line in lines)
+    assert not any("seg_dice_grouped |" in line for line in lines)
+    # per pair: -0.1 and 0.0 -> mean -0.05
+    assert any(line.startswith("| JRSS − convex_adam | 2 | 0 | -0.0500 |") for line in lines)
