@@ -31,7 +31,7 @@ import torch
 from jrss_lpba40_mono_seg_probe import teacher_statistics
 
 from regframe.cli import RegframeCLI
-from regframe.job_shards import append_record, claim, quiet_run_options
+from regframe.job_shards import append_record, claim, pending_jobs, quiet_run_options
 from regframe.metrics import pair_metrics
 from regframe.paired_statistics import paired_interval
 
@@ -145,18 +145,13 @@ def main() -> None:
     if args.table:
         print(table(args.out))
         return
-    done = set()
-    if args.out.exists():
-        done = {(r["seed"], r["tau"]) for r in map(json.loads, filter(str.strip, args.out.read_text().splitlines()))}
-    for seed in args.seeds:
-        for tau in args.taus:
-            if (seed, tau) in done:
-                continue
-            if not claim(args.run_dir / f"tau{tau}_{seed}"):   # another process runs it
-                continue
-            record = run_tau(seed, tau, args.run_dir)
-            append_record(args.out, record)
-            print(json.dumps({k: v for k, v in record.items() if k != "labelled_ids"}), flush=True)
+    jobs = [(seed, tau) for seed in args.seeds for tau in args.taus]
+    for seed, tau in pending_jobs(jobs, "0/1", args.out, lambda r: (r["seed"], r["tau"])):
+        if not claim(args.run_dir / f"tau{tau}_{seed}"):   # another process runs it
+            continue
+        record = run_tau(seed, tau, args.run_dir)
+        append_record(args.out, record)
+        print(json.dumps({k: v for k, v in record.items() if k != "labelled_ids"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from regframe.job_shards import append_record, parse_shard, pending_jobs
+from regframe.job_shards import append_record, claim, parse_shard, pending_jobs
 
 
 def test_shards_split_the_jobs_and_skip_finished_ones(tmp_path):
@@ -32,8 +32,6 @@ def test_bad_shards_are_refused(text):
 
 
 def test_claim_is_won_once(tmp_path):
-    from regframe.job_shards import claim
-
     folder = tmp_path / "job" / "a"
     assert claim(folder) and (folder / "claimed").is_file()
     assert not claim(folder) and not claim(folder)
