@@ -21,6 +21,8 @@ Methods, all with the config's N = 5 labelled subjects (drawn with ``labelled_se
 - ``frozen_pseudo_reg``: JRSS's stages without the student epochs (Mono-Seg 30, Mono-Reg 15, then 15
   registration epochs on the screened pseudo labels of the Mono-Seg segmenter, never updated): the same
   registration steps with pseudo labels that joint training never improves.
+``--refine-adam N ...`` scores each trained JRSS seed's registration refined by N iterations of
+``pyramid_mind``'s Adam stage (``regframe register --adam N``), on ``--split val`` (to choose N) or test.
 ``--training-free identity pyramid_mind convex_adam`` scores training-free methods on the same test pairs
 (``identity``: unregistered) at the config's resolution. ``--write-test-dataset FOLDER`` writes the test
 split as a Learn2Reg folder for ``regframe register --dataset`` / ``regframe evaluate`` at full resolution.
@@ -51,13 +53,16 @@ import torch
 import torch.nn.functional as F
 
 from callbacks.ema import EMATeacher
+from regframe.checkpoint import read_checkpoint
 from regframe.cli import RegframeCLI
 from regframe.errors import RegframeInputError
-from regframe.estimators.registry import TRAINING_FREE, build_training_free, parse_method
+from regframe.estimators.registry import TRAINING_FREE, build_training_free, mind_refined, parse_method
 from regframe.job_shards import append_record, pending_jobs, quiet_run_options
 from regframe.label_groups import grouped_dice, named_groups
+from regframe.methods.base import RegistrationModule
 from regframe.metrics import dice_per_label, pair_metrics
 from regframe.paired_statistics import paired_interval
+from regframe.register import CheckpointEstimator, read_method_checkpoint, rebuild_method
 from regframe.segmenters.dropout import recalibrate_batchnorm
 from regframe.spatial import warp_labels
 
@@ -135,15 +140,12 @@ def config_datamodule(*stages: str, config: Sequence[str] = CONFIG) -> Any:
     return datamodule
 
 
-def training_free_record(name: str, config: Sequence[str] = CONFIG) -> dict[str, Any]:
-    """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
-    pairs of the config's data at its resolution (LPBA40: quarter), the grid JRSS is scored on; seconds per pair
-    of the registration call alone (median)."""
-    datamodule = config_datamodule("test", config=config)
-    subjects = datamodule.test_subjects
-    estimator = build_training_free(name).eval()
+def pairs_record(estimator: Any, datamodule: Any, split: str = "test") -> dict[str, Any]:
+    """Registration scores of ``estimator`` on the ``split`` (``"val"`` or ``"test"``) pairs of ``datamodule``
+    at its resolution: means over pairs, Dice per pair, seconds per pair of the registration call (median)."""
+    subjects = getattr(datamodule, f"{split}_subjects")
     pairs, scores, seconds = {}, [], []
-    for fixed, moving in datamodule.test_pairs:
+    for fixed, moving in getattr(datamodule, f"{split}_pairs"):
         f, m = subjects[fixed], subjects[moving]
         start = time.perf_counter()
         with torch.no_grad():
@@ -152,10 +154,37 @@ def training_free_record(name: str, config: Sequence[str] = CONFIG) -> dict[str,
         metrics = pair_metrics(f["label"][None], m["label"][None], field, f["spacing"].tolist(), hd95=False)
         pairs[f"{f['id']}_{m['id']}"] = metrics["dice"]
         scores.append(metrics)
-    record = {"method": name, "seed": 0, "threads": torch.get_num_threads(), "pairs": pairs,
-              "seconds_per_pair": statistics.median(seconds)}
+    record = {"threads": torch.get_num_threads(), "pairs": pairs, "seconds_per_pair": statistics.median(seconds)}
     record.update({key: statistics.fmean(s[key] for s in scores) for key in REGISTRATION})
     return record
+
+
+def training_free_record(name: str, config: Sequence[str] = CONFIG) -> dict[str, Any]:
+    """Scores of the training-free method ``name`` (``identity``: the test pairs unregistered) on the test
+    pairs of the config's data at its resolution (LPBA40: quarter), the grid JRSS is scored on."""
+    estimator = build_training_free(name).eval()
+    return {"method": name, "seed": 0, **pairs_record(estimator, config_datamodule("test", config=config))}
+
+
+def final_checkpoint(run: Path) -> Path:
+    """The checkpoint of the last epoch a run under ``run`` (``regframe fit``'s default_root_dir) saved."""
+    found = sorted(run.rglob("*.ckpt"), key=lambda path: read_checkpoint(path)["global_step"])
+    if not found:
+        raise RegframeInputError(f"{run}: no checkpoint; train the run first (--methods jrss)")
+    return found[-1]
+
+
+def refined_record(seed: int, adam_iterations: int, run_dir: Path, split: str, num_labelled: int = 5,
+                   config: Sequence[str] = CONFIG) -> dict[str, Any]:
+    """The trained JRSS run ``seed``'s registration (its final checkpoint under ``run_dir``, as
+    ``regframe register --checkpoint CKPT --adam N`` loads it) refined by ``adam_iterations`` of
+    ``pyramid_mind``'s Adam stage on MIND-SSC, scored on the ``split`` pairs; 0 = the network alone."""
+    checkpoint = final_checkpoint(run_dir / f"jrss_n{num_labelled}_{seed}")
+    method, _ = read_method_checkpoint(checkpoint, (RegistrationModule,))
+    estimator = mind_refined(CheckpointEstimator(rebuild_method(checkpoint, method)), adam_iterations).eval()
+    record = pairs_record(estimator, config_datamodule("fit", "test", config=config), split)
+    return {"method": f"jrss+adam{adam_iterations}", "seed": seed, "num_labelled": num_labelled, "refines": "jrss",
+            "split": split, "checkpoint": str(checkpoint), **record}
 
 
 def labelled_training_subjects(datamodule: Any, seed: int, num_labelled: int) -> list[dict]:
@@ -240,8 +269,10 @@ def table(*paths: Path) -> str:
             ("train_s", "train min"), ("seconds_per_pair", "s per pair")]
     lines = ["| method | seeds | " + " | ".join(title for _, title in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     atlases = sorted(m for m in by_method if m.startswith("atlas_"))
-    training_free = [m for m in by_method if m not in METHODS and m not in atlases]   # NAME or NAME:KEY=VALUE,...
-    for method in (*training_free, *METHODS, *atlases):
+    refined = sorted((m for m in by_method if any("refines" in r for r in by_method[m].values())),
+                     key=lambda m: int(m.removeprefix("jrss+adam")))
+    training_free = [m for m in by_method if m not in METHODS and m not in atlases and m not in refined]
+    for method in (*training_free, *METHODS, *refined, *atlases):
         runs = by_method.get(method, {})
         if not runs:
             continue
@@ -249,6 +280,7 @@ def table(*paths: Path) -> str:
         for key, _ in keys:
             segmentation_only = method.startswith(("mono_seg", "atlas_"))
             applicable = not ((method not in SEGMENTATION_METHODS and not segmentation_only and key in SEGMENTATION) or
+                              (method in refined and key == "train_s") or
                               (segmentation_only and key in REGISTRATION))
             values = [r[key] / (60.0 if key == "train_s" else 1.0) for r in runs.values() if key in r]
             if not values or not applicable:
@@ -270,17 +302,18 @@ def table(*paths: Path) -> str:
         mean, low, high = paired_interval(differences)
         lines.append(f"| JRSS − {control} | {key} | {' / '.join(f'{d:+.4f}' for d in differences)} | {mean:+.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] |")
-    lines += ["", "| JRSS − training-free (per pair, JRSS averaged over seeds) | pairs | JRSS higher | mean "
+    lines += ["", "| JRSS (+ Adam) − training-free (per pair, averaged over seeds) | pairs | JRSS higher | mean "
               "| 95 % CI |", "|---|---|---|---|---|"]
-    jrss_runs = list(by_method.get("jrss", {}).values())
-    for name in training_free:
-        reference = by_method.get(name, {}).get(0, {}).get("pairs")
-        if name == "identity" or not reference or not jrss_runs or not all("pairs" in r for r in jrss_runs):
-            continue
-        differences = [statistics.fmean(r["pairs"][pair] for r in jrss_runs) - dice for pair, dice in reference.items()]
-        mean, low, high = paired_interval(differences)
-        lines.append(f"| JRSS − {name} | {len(differences)} | {sum(d > 0 for d in differences)} | {mean:+.4f} "
-                     f"| [{low:+.4f}, {high:+.4f}] |")
+    for learned in ("jrss", *refined):
+        runs = list(by_method.get(learned, {}).values())
+        for name in training_free:
+            reference = by_method.get(name, {}).get(0, {}).get("pairs")
+            if name == "identity" or not reference or not runs or not all("pairs" in r for r in runs):
+                continue
+            differences = [statistics.fmean(r["pairs"][pair] for r in runs) - dice for pair, dice in reference.items()]
+            mean, low, high = paired_interval(differences)
+            lines.append(f"| {'JRSS' if learned == 'jrss' else learned} − {name} | {len(differences)} | {sum(d > 0 for d in differences)} | {mean:+.4f} "
+                         f"| [{low:+.4f}, {high:+.4f}] |")
     return "\n".join(lines)
 
 
@@ -338,6 +371,11 @@ def main() -> None:
     parser.add_argument("--atlas", choices=list(TRAINING_FREE), metavar="NAME",
                         help="record the multi-atlas segmentation baseline (the N labelled subjects of each seed "
                              "registered by NAME, majority vote) for --seeds and exit")
+    parser.add_argument("--refine-adam", nargs="+", type=int, metavar="N",
+                        help="record each trained JRSS seed (its final checkpoint under --run-dir) refined by N Adam "
+                             "iterations on MIND-SSC (regframe register --adam N; 0: the network alone) and exit")
+    parser.add_argument("--split", choices=("val", "test"), default="test",
+                        help="--refine-adam: score the validation pairs (to choose N) or the test pairs")
     parser.add_argument("--table", nargs="*", type=Path, metavar="MORE",
                         help="print the table of --out and of the record files MORE (e.g. training-free rows) and exit")
     parser.add_argument("--by-n", nargs="+", type=Path, metavar="OUT",
@@ -373,6 +411,15 @@ def main() -> None:
             record = training_free_record(name, args.config)
             append_record(args.out, record)
             print(f"{name}: reg {record['dice']:.4f}, {record['seconds_per_pair']:.2f} s per pair", flush=True)
+        return
+    if args.refine_adam:
+        jobs = [(f"jrss+adam{n}", seed) for seed in args.seeds for n in args.refine_adam]
+        for method, seed in pending_jobs(jobs, args.shard, args.out, lambda r: (r["method"], r["seed"])):
+            record = refined_record(seed, int(method.removeprefix("jrss+adam")), args.run_dir, args.split,
+                                    args.num_labelled, args.config)
+            append_record(args.out, record)
+            print(f"{method} seed {seed} ({args.split}): reg {record['dice']:.4f}, fold {record['fold_pct']:.3f} %, "
+                  f"{record['seconds_per_pair']:.2f} s per pair", flush=True)
         return
     jobs = [(method, seed) for seed in args.seeds for method in args.methods]  # seed-major
     for method, seed in pending_jobs(jobs, args.shard, args.out, lambda r: (r["method"], r["seed"])):

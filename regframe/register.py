@@ -32,7 +32,7 @@ from regframe.checkpoint import read_checkpoint, recorded_preprocessing
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.prealigned import AffinePrealigned
-from regframe.estimators.registry import METHOD_OPTIONS, TRAINING_FREE, build_training_free
+from regframe.estimators.registry import METHOD_OPTIONS, TRAINING_FREE, build_training_free, mind_refined
 from regframe.evaluate import displacement_name
 from regframe.io import Volume, image_stem, read_image, read_label, write_displacement, write_nifti
 from regframe.itk import write_itk_displacement
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method")
     parser.add_argument("--affine", action="store_true",
                         help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
+    parser.add_argument("--adam", type=int, metavar="N",
+                        help="--checkpoint: refine the network's field with N Adam iterations on MIND-SSC "
+                             "(pyramid_mind's instance optimisation)")
     parser.add_argument("--fixed-mask", type=Path, help="fixed-image mask (label file, non-zero = inside)")
     parser.add_argument("--moving-mask", type=Path, help="moving-image mask (label file, non-zero = inside)")
     parser.add_argument("--masks", action="store_true",
@@ -113,6 +116,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise RegframeInputError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise RegframeInputError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if args.adam is not None and (args.checkpoint is None or args.adam < 0):
+        raise RegframeInputError(f"--adam {args.adam}: needs --checkpoint and N >= 0 (a --method sets its own Adam)")
     if args.resample_factor is not None and not (math.isfinite(args.resample_factor) and args.resample_factor > 0):
         raise RegframeInputError(f"--resample-factor {args.resample_factor}: must be > 0 (0.5 = half resolution)")
     if args.clamp is not None and not args.clamp[0] < args.clamp[1]:
@@ -216,12 +221,16 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
 
         method, ckpt = read_method_checkpoint(args.checkpoint, (RegistrationModule, PointRegistrationModule))
         if issubclass(method, PointRegistrationModule):
+            if args.adam is not None:
+                raise RegframeInputError(f"--adam: {args.checkpoint} is a point method; --adam refines image fields")
             check_point_options(args, method)
             point_route = keypoint_registration(rebuild_method(args.checkpoint, method), ckpt,
                                                 args.fixed_points, args.moving_points, args.device)
             return point_route, _with_overrides(prep, args)
         prep = recorded_preprocessing(args.checkpoint, ckpt)
         estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))
+        if args.adam is not None:
+            estimator = mind_refined(estimator, args.adam)
     if args.fixed_points is not None or args.moving_points is not None:
         raise RegframeInputError("--fixed-points/--moving-points: only for a point method's --checkpoint")
     if args.affine:

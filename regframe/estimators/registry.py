@@ -8,10 +8,15 @@ a factory takes are listed in :data:`METHOD_OPTIONS` and given as ``NAME:KEY=VAL
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator, IdentityEstimator
+
+if TYPE_CHECKING:
+    from regframe.optim.instance import InstanceOptimisation
 
 
 def _affine() -> DisplacementEstimator:
@@ -26,20 +31,35 @@ def _convex_adam() -> DisplacementEstimator:
     return convex_adam()
 
 
+def mind_adam(iterations: int, features: nn.Module | None = None, who: str = "pyramid_mind") -> InstanceOptimisation:
+    """``pyramid_mind``'s Adam stage: ``iterations`` Adam iterations on the 2-voxel grid of ``features``
+    (``None``: the wrapped estimator's own IO features); ``who`` names the caller in the error."""
+    from regframe.optim.instance import InstanceOptimisation
+
+    if iterations < 0:
+        raise RegframeInputError(f"{who}: adam_iterations must be >= 0, got {iterations}")
+    # chosen on 7 training pairs of AbdomenCTCT_synth (benchmarks/training_free_results.md)
+    return InstanceOptimisation(features=features, grid_spacing=2, iterations=iterations, smooth_weight=1.25,
+                                foreground_threshold=0.05, foreground_margin=2, final_smoothing=1,
+                                final_smoothing_kernel=3)
+
+
+def mind_refined(estimator: nn.Module, adam_iterations: int) -> DisplacementEstimator:
+    """``estimator``'s field (e.g. a trained network's) refined by ``pyramid_mind``'s Adam stage on
+    MIND-SSC (radius 1, dilation 2) of the fixed and the moving image: ``regframe register --adam N``."""
+    from regframe.estimators.refine import Refined
+    from regframe.features.mind import MINDSSC
+
+    return Refined(estimator, mind_adam(adam_iterations, MINDSSC(radius=1, dilation=2), who="--adam"))
+
+
 def pyramid_mind(adam_iterations: int = 20, **pyramid_options: Any) -> DisplacementEstimator:
     """The MIND pyramid (:func:`regframe.estimators.pyramid.mind_pyramid`, options passed on) refined
     by ``adam_iterations`` Adam iterations on the 2-voxel grid; the registry's ``pyramid_mind``."""
     from regframe.estimators.pyramid import mind_pyramid
     from regframe.estimators.refine import Refined
-    from regframe.optim.instance import InstanceOptimisation
 
-    if adam_iterations < 0:
-        raise RegframeInputError(f"pyramid_mind: adam_iterations must be >= 0, got {adam_iterations}")
-    # Adam settings chosen on 7 training pairs of AbdomenCTCT_synth (benchmarks/training_free_results.md)
-    return Refined(mind_pyramid(**pyramid_options),
-                   InstanceOptimisation(grid_spacing=2, iterations=adam_iterations, smooth_weight=1.25,
-                                        foreground_threshold=0.05, foreground_margin=2,
-                                        final_smoothing=1, final_smoothing_kernel=3))
+    return Refined(mind_pyramid(**pyramid_options), mind_adam(adam_iterations))
 
 
 def _pyramid_mind_fast(**pyramid_options: int) -> DisplacementEstimator:

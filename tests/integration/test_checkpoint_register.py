@@ -62,6 +62,26 @@ def test_register_with_checkpoint(trained_checkpoint, tmp_path, capsys):
     assert "s/pair" in capsys.readouterr().out
 
 
+def test_adam_refines_the_network_field_and_zero_iterations_keep_it(trained_checkpoint, tmp_path, capsys):
+    """``--adam N`` wraps the trained network in pyramid_mind's Adam stage: N = 0 writes exactly the
+    network's field, N > 0 a different one; without --checkpoint or with N < 0 it is refused before any work."""
+    path, phantom = trained_checkpoint
+    images = [str(p) for p in sorted(next(phantom.rglob("imagesTr")).glob("*.nii.gz"))[:2]]
+    fields = {}
+    for option in ([], ["--adam", "0"], ["--adam", "10"]):
+        out = tmp_path / ("out_" + "_".join(option))
+        assert main(["register", *images, "--out", str(out), "--checkpoint", str(path), *option]) == 0
+        fields[tuple(option)] = read_displacement(out / "disp.nii.gz", (16, 16, 16))
+    assert torch.equal(fields[()], fields[("--adam", "0")])
+    assert not torch.allclose(fields[()], fields[("--adam", "10")], atol=1e-3)
+    capsys.readouterr()
+    for bad in (["--method", "identity", "--adam", "5"], ["--checkpoint", str(path), "--adam", "-1"]):
+        out = tmp_path / "refused"
+        assert main(["register", *images, "--out", str(out), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--adam" in err and not out.exists()
+
+
 def test_load_checkpoint_returns_training_preprocessing(trained_checkpoint):
     path, _ = trained_checkpoint
     method, ckpt = read_method_checkpoint(path, (RegistrationModule,))

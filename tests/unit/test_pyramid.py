@@ -12,7 +12,8 @@ from regframe.errors import RegframeInputError
 from regframe.estimators.convex_adam import convex_adam
 from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid
 from regframe.estimators.refine import Refined
-from regframe.estimators.registry import build_training_free, parse_method
+from regframe.estimators.base import IdentityEstimator
+from regframe.estimators.registry import build_training_free, mind_refined, parse_method
 from regframe.estimators.two_step import TwoStep
 from regframe.features.mind import MINDSSC
 from regframe.optim.adam import adam_instance_optimisation
@@ -154,6 +155,21 @@ def test_convex_adam_estimator_improves_alignment(blob_volume):
     before = (blob_volume - moving).pow(2).mean()
     after = (blob_volume - warp(moving, disp)).pow(2).mean()
     assert after < 0.3 * before
+
+
+def test_mind_refined_aligns_from_a_network_field_and_keeps_it_at_zero_iterations(blob_volume):
+    """``regframe register --checkpoint CKPT --adam N``: the network's field refined by pyramid_mind's Adam
+    stage on MIND-SSC. From a network that learned nothing (identity), Adam alone recovers a small
+    translation; N = 0 returns the network's field unchanged; N < 0 is an input error naming the option."""
+    moving = torch.roll(blob_volume, shifts=(2, -1, 1), dims=(2, 3, 4))
+    assert torch.equal(mind_refined(IdentityEstimator(), 0)(blob_volume, moving), torch.zeros(1, 3, 20, 24, 22))
+    disp = mind_refined(IdentityEstimator(), 60)(blob_volume, moving)
+    centre = disp[0, :, 6:14, 8:16, 7:15].mean(dim=(1, 2, 3))
+    assert torch.allclose(centre, torch.tensor([2.0, -1.0, 1.0]), atol=0.25)
+    before = (blob_volume - moving).pow(2).mean()
+    assert (blob_volume - warp(moving, disp)).pow(2).mean() < 0.05 * before
+    with pytest.raises(RegframeInputError, match="--adam: adam_iterations must be >= 0"):
+        mind_refined(IdentityEstimator(), -1)
 
 
 def test_registry_has_the_training_free_methods():
