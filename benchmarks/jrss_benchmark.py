@@ -259,10 +259,13 @@ def write_test_dataset(folder: Path) -> Path:
 
 def table(*paths: Path) -> str:
     """Mean ± sd over seeds per method, JRSS − control per seed and JRSS − training-free per pair, from the
-    records of ``paths`` (e.g. the trained runs and the training-free rows in separate files)."""
+    records of ``paths`` (e.g. the trained runs and the training-free rows in separate files). SDlogJ is
+    ``std(log det)`` over the non-folded voxels for every row (:func:`regframe.metrics.jacobian_metrics`)."""
     records = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     by_method: dict[str, dict[int, dict]] = {}
     for record in records:
+        if "sdlogj_plain" in record:   # a trained run's "sdlogj" is Learn2Reg's clipped form; pairs_record's is plain
+            record["sdlogj"] = record["sdlogj_plain"]
         by_method.setdefault(record["method"], {})[record["seed"]] = record
     keys = [("seg_dice", "seg Dice"), ("seg_dice_grouped", "seg Dice (groups)"),
             ("dice", "reg Dice"), ("std_jac", "Std(Jac)"), ("sdlogj", "SDlogJ"), ("fold_pct", "fold %"),
@@ -312,8 +315,9 @@ def table(*paths: Path) -> str:
                 continue
             differences = [statistics.fmean(r["pairs"][pair] for r in runs) - dice for pair, dice in reference.items()]
             mean, low, high = paired_interval(differences)
-            lines.append(f"| {'JRSS' if learned == 'jrss' else learned} − {name} | {len(differences)} | {sum(d > 0 for d in differences)} | {mean:+.4f} "
-                         f"| [{low:+.4f}, {high:+.4f}] |")
+            label = "JRSS" if learned == "jrss" else learned
+            lines.append(f"| {label} − {name} | {len(differences)} | {sum(d > 0 for d in differences)} "
+                         f"| {mean:+.4f} | [{low:+.4f}, {high:+.4f}] |")
     return "\n".join(lines)
 
 

@@ -134,12 +134,13 @@ def test_table_joins_record_files_and_skips_comparisons_without_label_groups(ben
 
 def test_refined_jrss_rows_have_no_training_time_and_their_own_per_pair_comparison(benchmark, tmp_path):
     """``--refine-adam N`` records (``refines: jrss``) are seeded rows after JRSS, ordered by N, compared
-    per pair (averaged over seeds) with the training-free rows; they are not training-free rows themselves."""
+    per pair (averaged over seeds) with the training-free rows; they are not training-free rows themselves.
+    SDlogJ is the plain form in every row (a trained run also logs Learn2Reg's clipped one as ``sdlogj``)."""
     records = [{"method": "convex_adam", "seed": 0, "dice": 0.70, "std_jac": 0.1, "sdlogj": 0.1, "fold_pct": 0.0,
                 "seconds_per_pair": 5.0, "pairs": {"a": 0.70, "b": 0.60}}]
     for seed in (0, 1):
-        records += [{"method": "jrss", "seed": seed, "dice": 0.6, "std_jac": 0.9, "sdlogj": 0.3, "fold_pct": 6.0,
-                     "train_s": 60.0, "pairs": {"a": 0.60, "b": 0.60}}]
+        records += [{"method": "jrss", "seed": seed, "dice": 0.6, "std_jac": 0.9, "sdlogj": 0.3, "sdlogj_plain": 0.9,
+                     "fold_pct": 6.0, "train_s": 60.0, "pairs": {"a": 0.60, "b": 0.60}}]
         records += [{"method": f"jrss+adam{n}", "seed": seed, "refines": "jrss", "split": "test", "train_s": 1.0,
                      "dice": 0.6 + n / 1000, "std_jac": 0.4, "sdlogj": 0.2, "fold_pct": 0.1, "seconds_per_pair": 2.0,
                      "pairs": {"a": 0.70 + n / 1000 + seed / 100, "b": 0.62}} for n in (80, 20)]
@@ -148,6 +149,8 @@ def test_refined_jrss_rows_have_no_training_time_and_their_own_per_pair_comparis
     lines = benchmark.table(path).splitlines()
     rows = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:lines.index("")]]
     assert rows == ["convex_adam", "jrss", "jrss+adam20", "jrss+adam80"]
+    jrss = next(line for line in lines if line.startswith("| jrss |")).split(" | ")
+    assert jrss[6] == "0.9000 ± 0.0000"   # a trained run's plain SDlogJ, the form the other rows have
     refined = next(line for line in lines if line.startswith("| jrss+adam20 |"))
     assert refined == ("| jrss+adam20 | 2 |  |  | 0.6200 ± 0.0000 | 0.4000 ± 0.0000 | 0.2000 ± 0.0000 "
                        "| 0.1000 ± 0.0000 |  | 2.0000 ± 0.0000 |")
