@@ -174,15 +174,16 @@ def final_checkpoint(run: Path) -> Path:
     return found[-1]
 
 
-def refined_record(seed: int, adam_iterations: int, run_dir: Path, split: str, num_labelled: int = 5,
-                   config: Sequence[str] = CONFIG) -> dict[str, Any]:
+def refined_record(seed: int, adam_iterations: int, run_dir: Path, datamodule: Any, split: str,
+                   num_labelled: int = 5) -> dict[str, Any]:
     """The trained JRSS run ``seed``'s registration (its final checkpoint under ``run_dir``, as
     ``regframe register --checkpoint CKPT --adam N`` loads it) refined by ``adam_iterations`` of
-    ``pyramid_mind``'s Adam stage on MIND-SSC, scored on the ``split`` pairs; 0 = the network alone."""
+    ``pyramid_mind``'s Adam stage on MIND-SSC, scored on the ``split`` pairs of ``datamodule`` (the
+    config's, set up); 0 = the network alone."""
     checkpoint = final_checkpoint(run_dir / f"jrss_n{num_labelled}_{seed}")
     method, _ = read_method_checkpoint(checkpoint, (RegistrationModule,))
     estimator = mind_refined(CheckpointEstimator(rebuild_method(checkpoint, method)), adam_iterations).eval()
-    record = pairs_record(estimator, config_datamodule("fit", "test", config=config), split)
+    record = pairs_record(estimator, datamodule, split)
     return {"method": f"jrss+adam{adam_iterations}", "seed": seed, "num_labelled": num_labelled, "refines": "jrss",
             "split": split, "checkpoint": str(checkpoint), **record}
 
@@ -283,7 +284,6 @@ def table(*paths: Path) -> str:
         for key, _ in keys:
             segmentation_only = method.startswith(("mono_seg", "atlas_"))
             applicable = not ((method not in SEGMENTATION_METHODS and not segmentation_only and key in SEGMENTATION) or
-                              (method in refined and key == "train_s") or
                               (segmentation_only and key in REGISTRATION))
             values = [r[key] / (60.0 if key == "train_s" else 1.0) for r in runs.values() if key in r]
             if not values or not applicable:
@@ -418,9 +418,10 @@ def main() -> None:
         return
     if args.refine_adam:
         jobs = [(f"jrss+adam{n}", seed) for seed in args.seeds for n in args.refine_adam]
+        datamodule = config_datamodule("fit", "test", config=args.config)   # read once for every job
         for method, seed in pending_jobs(jobs, args.shard, args.out, lambda r: (r["method"], r["seed"])):
-            record = refined_record(seed, int(method.removeprefix("jrss+adam")), args.run_dir, args.split,
-                                    args.num_labelled, args.config)
+            record = refined_record(seed, int(method.removeprefix("jrss+adam")), args.run_dir, datamodule,
+                                    args.split, args.num_labelled)
             append_record(args.out, record)
             print(f"{method} seed {seed} ({args.split}): reg {record['dice']:.4f}, fold {record['fold_pct']:.3f} %, "
                   f"{record['seconds_per_pair']:.2f} s per pair", flush=True)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from regframe.errors import RegframeInputError
+from regframe.estimators.base import IdentityEstimator
 from regframe.estimators.convex_adam import convex_adam
 from regframe.estimators.pyramid import CorrelationPyramidEstimator, mind_pyramid
 from regframe.estimators.refine import Refined
-from regframe.estimators.base import IdentityEstimator
 from regframe.estimators.registry import build_training_free, mind_refined, parse_method
 from regframe.estimators.two_step import TwoStep
 from regframe.features.mind import MINDSSC
