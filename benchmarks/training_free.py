@@ -81,9 +81,15 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
       ``pyramid_mind`` only the discrete initialisation differs);
     - ``samconvex_embedding>pyramid_mind``: the embedding pyramid, then ``pyramid_mind`` on the warped
       raw image (:class:`TwoStep`); its control ``pyramid_mind_fast>pyramid_mind`` has the MIND
-      pyramid as the first step instead."""
+      pyramid as the first step instead;
+    - ``samconvex_coarse>pyramid_mind_fine``: the embedding pyramid's two coarse levels (32 and 16 mm
+      grids), then ``pyramid_mind``'s two fine levels (8 and 4 mm) and its Adam stage on the warped raw
+      image: SAMConvex's global features where the search is wide, MIND where boundaries are placed. Its
+      control is ``pyramid_mind_two_pass:first_levels=2,second_levels=2`` (MIND in both steps)."""
     from regframe.estimators.intensity_mapped import IntensityMapped
+    from regframe.estimators.pyramid import MIND_LEVELS
     from regframe.estimators.refine import Refined
+    from regframe.estimators.registry import pyramid_mind
     from regframe.estimators.two_step import TwoStep
     from regframe.features.embedding import PretrainedEmbedding
     from regframe.features.mind import MINDSSC
@@ -92,12 +98,15 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
     features = PretrainedEmbedding(str(checkpoint))
     pyramid = IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor),
                               features.preprocessing)
+    coarse = IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
+                                               levels=(4, 2), radii=(2, 3)), features.preprocessing)
     io = build_training_free("pyramid_mind").io
     io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
     return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),
             "samconvex_embedding>pyramid_mind": TwoStep(pyramid, build_training_free("pyramid_mind")),
             "pyramid_mind_fast>pyramid_mind": TwoStep(build_training_free("pyramid_mind_fast"),
-                                                      build_training_free("pyramid_mind"))}
+                                                      build_training_free("pyramid_mind")),
+            "samconvex_coarse>pyramid_mind_fine": TwoStep(coarse, pyramid_mind(levels=MIND_LEVELS[-2:]))}
 
 
 # Pairs of training subjects (0001-0010, 0027-0030) on which settings are chosen; never registration_val.
@@ -247,6 +256,8 @@ def main() -> None:
     parser.add_argument("--embedding-checkpoint", type=Path, default=None,
                         help="AnatomicalEmbeddingPretraining checkpoint: adds the SAMConvex variants of "
                              "embedding_methods (abdomen only)")
+    parser.add_argument("--embedding-methods", nargs="+", default=None,
+                        help="with --embedding-checkpoint: only these of embedding_methods (default all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing log")
     args = parser.parse_args()
@@ -268,7 +279,12 @@ def main() -> None:
         methods[name] = build_training_free(name)
     abdomen_methods = dict(methods)
     if args.embedding_checkpoint is not None:
-        abdomen_methods.update(embedding_methods(args.embedding_checkpoint))
+        variants = embedding_methods(args.embedding_checkpoint)
+        unknown = set(args.embedding_methods or ()) - set(variants)
+        if unknown:
+            parser.error(f"--embedding-methods: unknown {sorted(unknown)}; choose from {sorted(variants)}")
+        abdomen_methods.update({name: method for name, method in variants.items()
+                                if args.embedding_methods is None or name in args.embedding_methods})
     args.log.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_brain:
         for pair in brain_pair(root):
