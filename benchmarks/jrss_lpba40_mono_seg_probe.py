@@ -11,6 +11,9 @@ are read here for this diagnosis only; training never reads them. One JSON line 
 
     OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40_mono_seg_probe.py --seg-ce-weight 0 &
     OMP_NUM_THREADS=1 python benchmarks/jrss_lpba40_mono_seg_probe.py --seg-ce-weight 1
+
+``--config`` probes another JRSS config the same way (the abdomen one, with ``--no-validation``: its
+validation subjects are its test subjects, so only the unlabelled training subjects are scored).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,33 +62,42 @@ def teacher_statistics(segmenter: torch.nn.Module, subjects: list[dict], tau: fl
             "background_confidence": statistics.fmean(confidence), "largest_flood_voxels": max(flood)}
 
 
-def probe(seg_ce_weight: float, seed: int, run_dir: Path) -> dict[str, Any]:
-    args = ["--config", CONFIG, "--model.init_args.mode", "mono_seg", "--model.init_args.seg_pretrain_epochs", "33",
-            "--trainer.max_epochs", "33", "--model.init_args.seg_ce_weight", str(seg_ce_weight),
-            "--seed_everything", str(seed), "--model.init_args.labelled_seed", str(seed),
-            *quiet_run_options(run_dir / f"ce{seg_ce_weight}_{seed}")]
+def probe(seg_ce_weight: float, seed: int, run_dir: Path, config: Sequence[str] = (CONFIG,),
+          validation: bool = True) -> dict[str, Any]:
+    """Train Mono-Seg and score it as a teacher; the validation subjects only with ``validation``."""
+    args = [*(arg for file in config for arg in ("--config", file)), "--model.init_args.mode", "mono_seg",
+            "--model.init_args.seg_pretrain_epochs", "33", "--trainer.max_epochs", "33",
+            "--model.init_args.seg_ce_weight", str(seg_ce_weight), "--seed_everything", str(seed),
+            "--model.init_args.labelled_seed", str(seed), *quiet_run_options(run_dir / f"ce{seg_ce_weight}_{seed}")]
     cli = RegframeCLI(args=args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    train_s = time.perf_counter() - start
+    record: dict[str, Any] = {"config": list(config), "seg_ce_weight": seg_ce_weight, "seed": seed,
+                              "train_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
     segmenter = cli.model.segmenter.eval()
     labelled = set(cli.model.hparams["labelled_ids"])
     tau = float(cli.model.hparams["tau"])
     datamodule = cli.datamodule
     unlabelled = [s for s in datamodule.train_subjects if s["id"] not in labelled]
-    return {"seg_ce_weight": seg_ce_weight, "seed": seed, "train_s": train_s, "threads": torch.get_num_threads(),
-            "unlabelled_training": teacher_statistics(segmenter, unlabelled, tau),
-            "validation": teacher_statistics(segmenter, datamodule.val_subjects, tau)}
+    record["unlabelled_training"] = teacher_statistics(segmenter, unlabelled, tau)
+    if validation:
+        record["validation"] = teacher_statistics(segmenter, datamodule.val_subjects, tau)
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seg-ce-weight", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", nargs="+", default=[CONFIG],
+                        help="JRSS config files, composed in order (e.g. the abdomen config and its CPU overlay)")
+    parser.add_argument("--no-validation", action="store_true",
+                        help="unlabelled training subjects only (where the validation subjects are also the test "
+                             "subjects, as in the abdomen config)")
     parser.add_argument("--out", type=Path, default=Path("runs/jrss_lpba40_mono_seg_probe.jsonl"))
     parser.add_argument("--run-dir", type=Path, default=Path("runs/jrss_lpba40_mono_seg_probe"))
     args = parser.parse_args()
-    record = probe(args.seg_ce_weight, args.seed, args.run_dir)
+    record = probe(args.seg_ce_weight, args.seed, args.run_dir, args.config, validation=not args.no_validation)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
