@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jrss_benchmark import config_args
 
 from regframe.cli import RegframeCLI
 from regframe.job_shards import quiet_run_options
@@ -65,7 +66,7 @@ def teacher_statistics(segmenter: torch.nn.Module, subjects: list[dict], tau: fl
 def probe(seg_ce_weight: float, seed: int, run_dir: Path, config: Sequence[str] = (CONFIG,),
           validation: bool = True) -> dict[str, Any]:
     """Train Mono-Seg and score it as a teacher; the validation subjects only with ``validation``."""
-    args = [*(arg for file in config for arg in ("--config", file)), "--model.init_args.mode", "mono_seg",
+    args = [*config_args(config), "--model.init_args.mode", "mono_seg",
             "--model.init_args.seg_pretrain_epochs", "33", "--trainer.max_epochs", "33",
             "--model.init_args.seg_ce_weight", str(seg_ce_weight), "--seed_everything", str(seed),
             "--model.init_args.labelled_seed", str(seed), *quiet_run_options(run_dir / f"ce{seg_ce_weight}_{seed}")]
