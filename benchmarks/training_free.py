@@ -96,10 +96,12 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
     from regframe.methods.samconvex import samconvex_pyramid
 
     features = PretrainedEmbedding(str(checkpoint))
-    pyramid = IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor),
-                              features.preprocessing)
-    coarse = IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
-                                               levels=(4, 2), radii=(2, 3)), features.preprocessing)
+
+    def embedding_pyramid(**levels: tuple[int, ...]) -> IntensityMapped:
+        return IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
+                                                 **levels), features.preprocessing)
+
+    pyramid, coarse = embedding_pyramid(), embedding_pyramid(levels=(4, 2), radii=(2, 3))
     io = build_training_free("pyramid_mind").io
     io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
     return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),
