@@ -260,8 +260,9 @@ def write_test_dataset(folder: Path) -> Path:
 
 def table(*paths: Path) -> str:
     """Mean ± sd over seeds per method, JRSS − control per seed and JRSS − training-free per pair, from the
-    records of ``paths`` (e.g. the trained runs and the training-free rows in separate files). SDlogJ is
-    ``std(log det)`` over the non-folded voxels for every row (:func:`regframe.metrics.jacobian_metrics`)."""
+    records of ``paths`` (e.g. the trained runs and the training-free rows in separate files); a record of a
+    later file replaces one of the same method and seed in an earlier file (a rerun of some methods). SDlogJ
+    is ``std(log det)`` over the non-folded voxels for every row (:func:`regframe.metrics.jacobian_metrics`)."""
     records = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     by_method: dict[str, dict[int, dict]] = {}
     for record in records:
@@ -381,7 +382,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "test"), default="test",
                         help="--refine-adam: score the validation pairs (to choose N) or the test pairs")
     parser.add_argument("--table", nargs="*", type=Path, metavar="MORE",
-                        help="print the table of --out and of the record files MORE (e.g. training-free rows) and exit")
+                        help="print the table of --out and of the record files MORE (e.g. training-free rows) and exit; "
+                             "a later file's record of a method and seed replaces an earlier one")
     parser.add_argument("--by-n", nargs="+", type=Path, metavar="OUT",
                         help="print one row per N labelled from these --out files and exit")
     parser.add_argument("--write-test-dataset", type=Path, metavar="FOLDER",

@@ -132,6 +132,17 @@ def test_table_joins_record_files_and_skips_comparisons_without_label_groups(ben
     assert any(line.startswith("| JRSS − convex_adam | 2 | 0 | -0.0500 |") for line in lines)
 
 
+def test_a_later_record_file_replaces_the_runs_it_reruns_and_keeps_the_others(benchmark, tmp_path):
+    first, rerun = tmp_path / "first.jsonl", tmp_path / "rerun.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in ({"method": "jrss", "seed": 0, "seg_dice": 0.3, "dice": 0.3},
+                                                       {"method": "mono_reg", "seed": 0, "dice": 0.25})))
+    rerun.write_text(json.dumps({"method": "jrss", "seed": 0, "seg_dice": 0.5, "dice": 0.4}))
+    lines = benchmark.table(first, rerun).splitlines()
+    assert any(line.startswith("| jrss | 1 | 0.5000 |  | 0.4000 |") for line in lines)
+    assert any(line.startswith("| mono_reg | 1 |  |  | 0.2500 |") for line in lines)
+    assert any(line.startswith("| JRSS − mono_reg | dice | +0.1500 |") for line in lines)
+
+
 def test_refined_jrss_rows_have_no_training_time_and_their_own_per_pair_comparison(benchmark, tmp_path):
     """``--refine-adam N`` records (``refines: jrss``) are seeded rows after JRSS, ordered by N, compared
     per pair (averaged over seeds) with the training-free rows; they are not training-free rows themselves.
