@@ -18,6 +18,10 @@ seeds; pairs whose Dice is undefined in any run are left out and counted).
     python benchmarks/adacs_acdc.py --identity
     python benchmarks/adacs_acdc.py --table
     python benchmarks/adacs_acdc.py --score-stats        # what the AdaCS runs' scorers learned
+    python benchmarks/adacs_acdc.py --curves             # each run's validation Dice at every validation
+
+Each manifest row keeps the run's validation curve and the per-pair metrics of its last validation, so a
+manifest under ``benchmarks/results`` (``--manifest``) tables its runs after the run folders are gone.
 
 Tuning an objective's own settings without the validation patients: ``--tune-patients K`` validates on K
 held-out training patients (``ACDCDataModule(tune_patients=K)``; the 20 validation patients are not read),
@@ -116,7 +120,8 @@ def run_jobs(args: argparse.Namespace) -> None:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
         row = {"architecture": architecture, "objective": label, "seed": seed, "run_dir": str(run_dir),
                "train_s": round(time.perf_counter() - start, 1), "returncode": code,
-               "threads": os.environ.get("OMP_NUM_THREADS"), "overrides": overrides}
+               "threads": os.environ.get("OMP_NUM_THREADS"), "overrides": overrides,
+               **(validation_summary(run_dir) if code == 0 else {})}
         with args.manifest.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -148,7 +153,8 @@ def record_identity(args: argparse.Namespace) -> None:
     if not any(row["objective"] == IDENTITY for row in manifest_rows(args.manifest)):
         with args.manifest.open("a") as handle:
             handle.write(json.dumps({"architecture": IDENTITY, "objective": IDENTITY, "seed": 0,
-                                     "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0}) + "\n")
+                                     "run_dir": str(run_dir), "train_s": 0.0, "returncode": 0,
+                                     **(validation_summary(run_dir) if args.split == "val" else {})}) + "\n")
     print(f"{len(lines)} {args.split} pairs recorded in {run_dir}")
 
 
@@ -216,6 +222,21 @@ def evaluate_on_testing(args: argparse.Namespace) -> None:
         print(f"{run_dir.name}: test {'done' if code == 0 else f'failed ({code})'}", flush=True)
 
 
+def validation_summary(run_dir: Path) -> dict:
+    """What the manifest keeps of a finished run, so that its table outlives the run folder: the mean
+    validation Dice at every validation (``val_dice_by_step``, by optimiser step: the endpoint's swing)
+    and the per-pair metrics of the last validation (``val_records``, NaN written as null)."""
+    paths = sorted(run_dir.rglob(records_filename("val")))
+    if len(paths) != 1:
+        return {}
+    records = read_pair_records(paths[0])
+    steps = sorted({r["step"] for r in records})
+    by_step = {str(s): finite_mean(r["dice"] for r in records if r["step"] == s) for s in steps}
+    last = {r["pair_id"]: {m: (r.get(m) if math.isfinite(r.get(m, math.nan)) else None) for m in METRICS}
+            for r in records if r["step"] == steps[-1]}
+    return {"val_dice_by_step": by_step, "val_records": last}
+
+
 def last_records(run_dir: Path, split: str = "val") -> dict[str, dict]:
     """The per-pair records of the run's last validation (or its test), by pair id."""
     paths = sorted(run_dir.rglob(records_filename(split)))
@@ -237,14 +258,17 @@ Group = list[tuple[int, dict, dict]]  # (seed, {pair id: record at the last vali
 
 def load_groups(manifest: Path, split: str = "val") -> dict[tuple[str, str], Group]:
     """The successful runs of ``manifest`` (the last row of a repeated run wins) by (architecture, objective),
-    with their records of ``split``."""
+    with their records of ``split`` (validation: those the manifest row keeps, else the run folder's)."""
     rows = {}
     for row in manifest_rows(manifest):
         if row["returncode"] == 0:
             rows[(row["architecture"], row["objective"], row["seed"])] = row
     groups: dict[tuple[str, str], Group] = {}
     for (architecture, objective, seed), row in sorted(rows.items()):
-        groups.setdefault((architecture, objective), []).append((seed, last_records(Path(row["run_dir"]), split), row))
+        kept = row.get("val_records") if split == "val" else None
+        records = ({pair: {m: math.nan if v is None else v for m, v in r.items()} for pair, r in kept.items()}
+                   if kept else last_records(Path(row["run_dir"]), split))
+        groups.setdefault((architecture, objective), []).append((seed, records, row))
     return groups
 
 
@@ -301,6 +325,14 @@ def table(manifest: Path, split: str = "val") -> None:
                   + " | [{:+.4f}, {:+.4f}] |".format(*c["seed_interval"]))
 
 
+def curves(manifest: Path) -> None:
+    """Each run's mean validation Dice at every validation (optimiser step: Dice), from the manifest."""
+    for row in manifest_rows(manifest):
+        if "val_dice_by_step" in row and row["objective"] != IDENTITY:
+            points = ", ".join(f"{step}: {dice:.4f}" for step, dice in row["val_dice_by_step"].items())
+            print(f"{row['architecture']} {row['objective']} seed {row['seed']}: {points}")
+
+
 def pair_dice(runs: Group) -> dict[str, float]:
     """Each pair's Dice averaged over the runs (seeds); NaN where any run's Dice is undefined."""
     ids = set.intersection(*(set(records) for _, records, _ in runs))
@@ -325,6 +357,7 @@ def main() -> None:
     parser.add_argument("--identity", action="store_true", help="record the unregistered pairs of --split")
     parser.add_argument("--test", action="store_true", help="evaluate every run on ROOT/testing")
     parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs on --split")
+    parser.add_argument("--curves", action="store_true", help="print each run's validation Dice at every validation")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--score-stats", action="store_true", help="what the AdaCS runs' scorers learned")
     args = parser.parse_args()
@@ -332,6 +365,8 @@ def main() -> None:
     args.manifest = args.manifest or args.out_dir / "manifest.jsonl"
     if args.table:
         table(args.manifest, args.split)
+    elif args.curves:
+        curves(args.manifest)
     elif args.identity:
         record_identity(args)
     elif args.test:

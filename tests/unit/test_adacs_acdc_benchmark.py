@@ -67,6 +67,22 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     assert math.isnan(bench.finite_mean([None, math.nan]))
 
 
+def test_the_manifest_keeps_each_runs_curve_and_last_pairs_so_the_table_outlives_the_run_folder(bench, tmp_path: Path):
+    import shutil
+
+    manifest = tmp_path / "manifest.jsonl"
+    write_run(tmp_path, manifest, "adacs", 0, [0.8, None, 0.6])
+    summary = bench.validation_summary(tmp_path / "adacs_s0")
+    assert summary["val_dice_by_step"] == {"10": 0.0, "20": pytest.approx(0.7)}  # one mean Dice per validation
+    assert summary["val_records"]["p1"]["dice"] is None and summary["val_records"]["p0"]["hd"] == 2.0
+    row = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**row, **summary}) + "\n")
+    shutil.rmtree(tmp_path / "adacs_s0")
+    records = bench.load_groups(manifest)[("voxelmorph", "adacs")][0][1]
+    assert bench.run_mean(records, "dice") == pytest.approx(0.7) and math.isnan(records["p1"]["dice"])
+    assert bench.validation_summary(tmp_path / "missing") == {}
+
+
 def test_a_tuning_run_sets_the_objective_value_and_validates_on_held_out_training_patients(bench, tmp_path: Path,
                                                                                           fake_acdc: Path):
     from argparse import Namespace
