@@ -15,6 +15,7 @@ has it added to the estimator's loss, whatever the objective.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -39,17 +40,23 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
         estimator: the displacement estimator ``f``.
         objective: the training signal (AdaCS or a baseline) with its weight net, if any.
         optimizer: builds the optimiser of each network (default Adam, lr 1e-4).
-        lr_scheduler: optional scheduler factory, one scheduler per optimiser, stepped every batch.
+        lr_scheduler: optional scheduler factory, one scheduler per optimiser.
+        lr_scheduler_interval: ``"step"``: the schedulers step after every batch; ``"epoch"``: after every
+            epoch (e.g. ``CosineAnnealingLR`` with ``T_max`` = the run's epochs, whatever the epoch length).
         label_warp, compute_hd95, metric_labels, surface_distances: evaluation, as in :class:`RegistrationModule`.
     """
 
     def __init__(self, estimator: DisplacementEstimator, objective: ResidualObjective,
                  optimizer: OptimizerCallable = adam_1e4, lr_scheduler: LRSchedulerCallable | None = None,
+                 lr_scheduler_interval: Literal["step", "epoch"] = "step",
                  label_warp: str = "nearest", compute_hd95: bool = True, metric_labels: Sequence[int] | None = None,
                  surface_distances: bool = False) -> None:
         super().__init__(estimator, optimizer=optimizer, lr_scheduler=lr_scheduler, label_warp=label_warp,
                          compute_hd95=compute_hd95, metric_labels=metric_labels, surface_distances=surface_distances)
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', not {lr_scheduler_interval!r}")
         self.objective = objective
+        self.lr_scheduler_interval = lr_scheduler_interval
         self.automatic_optimization = False
 
     def align(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -86,6 +93,14 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
             self.log("train/score_loss", loss.detach(), batch_size=size)
             self.log_dict({f"train/{key}": value for key, value in logs.items()}, batch_size=size)
         self.log("stage", float(STAGES.index(stage)), batch_size=size)
+        if self.lr_scheduler_interval == "step":
+            self._step_schedulers()
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_scheduler_interval == "epoch":
+            self._step_schedulers()
+
+    def _step_schedulers(self) -> None:
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
@@ -107,5 +122,6 @@ class AdaptiveCorrespondenceScoring(RegistrationModule):
             optimizers.append(self.optimizer_factory(weight_net_parameters))
         if self.lr_scheduler_factory is None:
             return optimizers
-        schedulers = [{"scheduler": self.lr_scheduler_factory(opt), "interval": "step"} for opt in optimizers]
+        schedulers = [{"scheduler": self.lr_scheduler_factory(opt), "interval": self.lr_scheduler_interval}
+                      for opt in optimizers]
         return optimizers, schedulers

@@ -126,6 +126,28 @@ def test_training_switches_networks_at_the_right_epochs():
     assert trainer.global_step == 2 + 2 + 2 * 2  # one optimiser step per network and batch
 
 
+@pytest.mark.parametrize("interval, expected", [("epoch", [1e-2, 5e-3, 0.0]), ("step", [1e-2, 0.0, 1e-2])])
+def test_the_schedulers_step_after_every_batch_or_every_epoch(interval, expected):
+    """CosineAnnealingLR(T_max=2) from 1e-2: stepped per epoch it reads 1e-2, 5e-3, 0 at the starts of
+    epochs 0-2; stepped per batch (two batches an epoch) it is back at 1e-2 after each period of 2."""
+    module = AdaptiveCorrespondenceScoring(
+        tiny_module("vanilla").estimator, Vanilla(), compute_hd95=False, lr_scheduler_interval=interval,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2))
+    rates = []
+
+    class EpochStartRate(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[EpochStartRate()], accelerator="cpu")
+    trainer.fit(module, train_dataloaders=DataLoader([blob_pair(), blob_pair()], batch_size=None))
+    assert rates == [pytest.approx(r, abs=1e-12) for r in expected]
+    with pytest.raises(ValueError, match="lr_scheduler_interval"):
+        AdaptiveCorrespondenceScoring(module.estimator, Vanilla(), lr_scheduler_interval="batch")
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_every_objective_trains_one_step_and_exposes_weight_maps(objective):
     module = tiny_module(objective, warmup=0)
