@@ -103,12 +103,17 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 def run_jobs(args: argparse.Namespace) -> None:
     """Train the (seed, architecture, objective) runs in that order, each claimed by creating its run
     folder, so that several workers share the list; a run whose folder exists is skipped (delete the
-    folder of a failed run to repeat it)."""
+    folder of a failed run to repeat it); a run the manifest already holds as successful is skipped too,
+    so a manifest kept under ``benchmarks/results`` resumes after the run folders are gone."""
     overrides = run_overrides(args)
+    done = {(row["architecture"], row["objective"], row["seed"]) for row in manifest_rows(args.manifest)
+            if row["returncode"] == 0}
     for seed, architecture, objective in itertools.product(args.seeds, args.architectures, args.objectives):
         label = f"{objective}_e{args.max_epochs}" if args.max_epochs else objective
         label += f"@{args.label}" if args.label else ""
         run_dir = args.out_dir / f"{architecture}_{label.replace('@', '_')}_s{seed}"
+        if (architecture, label, seed) in done:
+            continue
         try:
             run_dir.mkdir()
         except FileExistsError:

@@ -83,6 +83,22 @@ def test_the_manifest_keeps_each_runs_curve_and_last_pairs_so_the_table_outlives
     assert bench.validation_summary(tmp_path / "missing") == {}
 
 
+def test_runs_the_manifest_holds_as_successful_are_not_trained_again(bench, tmp_path: Path, monkeypatch):
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps({"architecture": "voxelmorph", "objective": "vanilla", "seed": seed,
+                                              "returncode": code}) for seed, code in ((0, 0), (2, 1))) + "\n")
+    trained = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda command, **_: trained.append(command) or SimpleNamespace(returncode=0))
+    args = Namespace(seeds=[0, 1, 2], architectures=["voxelmorph"], objectives=["vanilla"], max_epochs=None, label="",
+                     set=[], tune_patients=0, out_dir=tmp_path, manifest=manifest, root=tmp_path)
+    bench.run_jobs(args)
+    seeds = [c[c.index("--seed_everything") + 1] for c in trained]
+    assert seeds == ["1", "2"]  # seed 0 is in the manifest; seed 2 failed there and runs again
+
+
 def test_a_tuning_run_sets_the_objective_value_and_validates_on_held_out_training_patients(bench, tmp_path: Path,
                                                                                           fake_acdc: Path):
     from argparse import Namespace
