@@ -158,3 +158,13 @@ def test_cst_configs_use_cst_io(config: str):
         if config in names and not overlay.startswith("backbones/"):
             for path in EXPERIMENTS.glob(overlay):
                 assert "io:" not in path.read_text(), f"{path.name} changes the IO of {config}"
+
+
+def test_the_acdc_cosine_schedule_spans_the_runs_epochs():
+    """``T_max`` follows ``trainer.max_epochs`` (a shorter control decays over its own epochs), and both
+    networks' rates are stepped once per epoch."""
+    cli = RegframeCLI(args=["--config", str(EXPERIMENTS / "acdc_adacs.yaml"), "--trainer.max_epochs", "8",
+                            "--trainer.logger", "false"], run=False)
+    optimizers, schedulers = cli.model.configure_optimizers()
+    assert len(optimizers) == len(schedulers) == 2  # estimator and scorer
+    assert all(s["scheduler"].T_max == 8 and s["interval"] == "epoch" for s in schedulers)
