@@ -230,14 +230,14 @@ def evaluate_on_testing(args: argparse.Namespace) -> None:
 def validation_summary(run_dir: Path) -> dict:
     """What the manifest keeps of a finished run, so that its table outlives the run folder: the mean
     validation Dice at every validation (``val_dice_by_step``, by optimiser step: the endpoint's swing)
-    and the per-pair metrics of the last validation (``val_records``, NaN written as null)."""
+    and the per-pair metrics of the last validation (``val_records``, 6 decimals, NaN written as null)."""
     paths = sorted(run_dir.rglob(records_filename("val")))
     if len(paths) != 1:
         return {}
     records = read_pair_records(paths[0])
     steps = sorted({r["step"] for r in records})
-    by_step = {str(s): finite_mean(r["dice"] for r in records if r["step"] == s) for s in steps}
-    last = {r["pair_id"]: {m: (r.get(m) if math.isfinite(r.get(m, math.nan)) else None) for m in METRICS}
+    by_step = {str(s): round(finite_mean(r["dice"] for r in records if r["step"] == s), 6) for s in steps}
+    last = {r["pair_id"]: {m: (round(r[m], 6) if math.isfinite(r.get(m, math.nan)) else None) for m in METRICS}
             for r in records if r["step"] == steps[-1]}
     return {"val_dice_by_step": by_step, "val_records": last}
 
