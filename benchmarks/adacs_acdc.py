@@ -261,11 +261,11 @@ def summary(values: list[float]) -> str:
 Group = list[tuple[int, dict, dict]]  # (seed, {pair id: record at the last validation}, manifest row) per run
 
 
-def load_groups(manifest: Path, split: str = "val") -> dict[tuple[str, str], Group]:
-    """The successful runs of ``manifest`` (the last row of a repeated run wins) by (architecture, objective),
+def load_groups(manifests: Sequence[Path], split: str = "val") -> dict[tuple[str, str], Group]:
+    """The successful runs of ``manifests`` (the last row of a repeated run wins) by (architecture, objective),
     with their records of ``split`` (validation: those the manifest row keeps, else the run folder's)."""
     rows = {}
-    for row in manifest_rows(manifest):
+    for row in (row for manifest in manifests for row in manifest_rows(manifest)):
         if row["returncode"] == 0:
             rows[(row["architecture"], row["objective"], row["seed"])] = row
     groups: dict[tuple[str, str], Group] = {}
@@ -307,9 +307,9 @@ def comparison(groups: dict[tuple[str, str], Group], architecture: str) -> dict 
             "seed_interval": tuple(seed_interval)}
 
 
-def table(manifest: Path, split: str = "val") -> None:
-    """Markdown tables of the runs in ``manifest`` on ``split``."""
-    groups = load_groups(manifest, split)
+def table(manifests: Sequence[Path], split: str = "val") -> None:
+    """Markdown tables of the runs in ``manifests`` on ``split``."""
+    groups = load_groups(manifests, split)
     print("| architecture | objective | seeds | pairs | " + " | ".join(METRICS) + " | train min (median) |")
     print("|---" * (len(METRICS) + 5) + "|")
     for (architecture, objective), runs in groups.items():
@@ -330,9 +330,9 @@ def table(manifest: Path, split: str = "val") -> None:
                   + " | [{:+.4f}, {:+.4f}] |".format(*c["seed_interval"]))
 
 
-def curves(manifest: Path) -> None:
-    """Each run's mean validation Dice at every validation (optimiser step: Dice), from the manifest."""
-    for row in manifest_rows(manifest):
+def curves(manifests: Sequence[Path]) -> None:
+    """Each run's mean validation Dice at every validation (optimiser step: Dice), from the manifests."""
+    for row in (row for manifest in manifests for row in manifest_rows(manifest)):
         if "val_dice_by_step" in row and row["objective"] != IDENTITY:
             points = ", ".join(f"{step}: {dice:.4f}" for step, dice in row["val_dice_by_step"].items())
             print(f"{row['architecture']} {row['objective']} seed {row['seed']}: {points}")
@@ -358,7 +358,8 @@ def main() -> None:
     parser.add_argument("--tune-patients", type=int, default=0,
                         help="validate on K held-out training patients instead of the 20 validation patients")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "acdc")
-    parser.add_argument("--manifest", type=Path, default=None, help="default OUT_DIR/manifest.jsonl")
+    parser.add_argument("--manifest", type=Path, nargs="+", default=None,
+                        help="default OUT_DIR/manifest.jsonl; --table and --curves read several (one per architecture)")
     parser.add_argument("--identity", action="store_true", help="record the unregistered pairs of --split")
     parser.add_argument("--test", action="store_true", help="evaluate every run on ROOT/testing")
     parser.add_argument("--table", action="store_true", help="print the tables of the manifest's runs on --split")
@@ -367,12 +368,15 @@ def main() -> None:
     parser.add_argument("--score-stats", action="store_true", help="what the AdaCS runs' scorers learned")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    args.manifest = args.manifest or args.out_dir / "manifest.jsonl"
+    manifests = args.manifest or [args.out_dir / "manifest.jsonl"]
     if args.table:
-        table(args.manifest, args.split)
-    elif args.curves:
-        curves(args.manifest)
-    elif args.identity:
+        return table(manifests, args.split)
+    if args.curves:
+        return curves(manifests)
+    if len(manifests) > 1:
+        parser.error("runs, --identity, --test and --score-stats write or read one --manifest")
+    args.manifest = manifests[0]
+    if args.identity:
         record_identity(args)
     elif args.test:
         evaluate_on_testing(args)

@@ -29,16 +29,17 @@ def test_every_run_is_the_shipped_config_with_its_overlays(bench, tmp_path: Path
     assert control[-4:] == ["--trainer.max_epochs", "8", "--trainer.check_val_every_n_epoch", "8"]
 
 
-def write_run(tmp_path: Path, manifest: Path, objective: str, seed: int, dice: list[float]) -> None:
-    run_dir = tmp_path / f"{objective}_s{seed}" / "regframe" / "abc"
+def write_run(tmp_path: Path, manifest: Path, objective: str, seed: int, dice: list[float],
+              architecture: str = "voxelmorph") -> None:
+    run_dir = tmp_path / f"{architecture}_{objective}_s{seed}" / "regframe" / "abc"
     run_dir.mkdir(parents=True)
     records = [{"step": 10, "epoch": 0, "pair_id": f"p{i}", "dice": 0.0, "dice_per_organ": {}} for i in range(len(dice))]
     records += [{"step": 20, "epoch": 1, "pair_id": f"p{i}", "dice": d, "hd": 2.0, "dice_per_organ": {}}
                 for i, d in enumerate(dice)]
     (run_dir / "val_pairs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     with manifest.open("a") as handle:
-        handle.write(json.dumps({"architecture": "voxelmorph", "objective": objective, "seed": seed,
-                                 "run_dir": str(tmp_path / f"{objective}_s{seed}"), "train_s": 60.0,
+        handle.write(json.dumps({"architecture": architecture, "objective": objective, "seed": seed,
+                                 "run_dir": str(tmp_path / f"{architecture}_{objective}_s{seed}"), "train_s": 60.0,
                                  "returncode": 0}) + "\n")
 
 
@@ -50,7 +51,7 @@ def test_adacs_is_compared_with_the_best_other_objective_over_seed_averaged_pair
     write_run(tmp_path, manifest, "vanilla", 1, [0.7, 0.6, 0.6, 0.5, 0.7])
     write_run(tmp_path, manifest, "nll", 0, [0.1] * 5)
     write_run(tmp_path, manifest, "vanilla_e8", 0, [0.99] * 5)  # a control, never the compared objective
-    groups = bench.load_groups(manifest)
+    groups = bench.load_groups([manifest])
     # the last validation (step 20) is read, and its undefined Dice is left out of the run mean
     assert bench.run_mean(groups[("voxelmorph", "adacs")][0][1], "dice") == pytest.approx(0.75)
     result = bench.comparison(groups, "voxelmorph")
@@ -72,13 +73,13 @@ def test_the_manifest_keeps_each_runs_curve_and_last_pairs_so_the_table_outlives
 
     manifest = tmp_path / "manifest.jsonl"
     write_run(tmp_path, manifest, "adacs", 0, [0.8, None, 0.6])
-    summary = bench.validation_summary(tmp_path / "adacs_s0")
+    summary = bench.validation_summary(tmp_path / "voxelmorph_adacs_s0")
     assert summary["val_dice_by_step"] == {"10": 0.0, "20": pytest.approx(0.7)}  # one mean Dice per validation
     assert summary["val_records"]["p1"]["dice"] is None and summary["val_records"]["p0"]["hd"] == 2.0
     row = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**row, **summary}) + "\n")
-    shutil.rmtree(tmp_path / "adacs_s0")
-    records = bench.load_groups(manifest)[("voxelmorph", "adacs")][0][1]
+    shutil.rmtree(tmp_path / "voxelmorph_adacs_s0")
+    records = bench.load_groups([manifest])[("voxelmorph", "adacs")][0][1]
     assert bench.run_mean(records, "dice") == pytest.approx(0.7) and math.isnan(records["p1"]["dice"])
     assert bench.validation_summary(tmp_path / "missing") == {}
 
@@ -114,3 +115,20 @@ def test_a_tuning_run_sets_the_objective_value_and_validates_on_held_out_trainin
     assert cli.datamodule.tune_patients == 1
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.run_overrides(Namespace(set=["c5"], tune_patients=0))
+
+
+def test_the_table_reads_one_manifest_per_architecture_and_compares_within_each(bench, tmp_path: Path, capsys):
+    voxelmorph, transmorph = tmp_path / "voxelmorph.jsonl", tmp_path / "transmorph.jsonl"
+    write_run(tmp_path, voxelmorph, "adacs", 0, [0.8, 0.7, 0.9])
+    write_run(tmp_path, voxelmorph, "vanilla", 0, [0.7, 0.6, 0.7])
+    write_run(tmp_path, transmorph, "adacs", 0, [0.5, 0.5, 0.6], architecture="transmorph")
+    write_run(tmp_path, transmorph, "nll", 0, [0.6, 0.7, 0.6], architecture="transmorph")
+    groups = bench.load_groups([voxelmorph, transmorph])
+    assert sorted(groups) == [("transmorph", "adacs"), ("transmorph", "nll"), ("voxelmorph", "adacs"),
+                              ("voxelmorph", "vanilla")]
+    assert bench.comparison(groups, "voxelmorph")["difference"] == pytest.approx(0.8 - 2 / 3)
+    result = bench.comparison(groups, "transmorph")  # the other objective is chosen within the architecture
+    assert result["other"] == "nll" and result["difference"] == pytest.approx(-0.1)
+    bench.table([voxelmorph, transmorph])
+    printed = capsys.readouterr().out
+    assert "| voxelmorph | adacs − vanilla | +0.1333 |" in printed and "| transmorph | adacs − nll | -0.1000 |" in printed
