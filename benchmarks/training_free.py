@@ -86,22 +86,15 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
       grids), then ``pyramid_mind``'s two fine levels (8 and 4 mm) and its Adam stage on the warped raw
       image: SAMConvex's global features where the search is wide, MIND where boundaries are placed. Its
       control is ``pyramid_mind_two_pass:first_levels=2,second_levels=2`` (MIND in both steps)."""
-    from regframe.estimators.intensity_mapped import IntensityMapped
     from regframe.estimators.pyramid import MIND_LEVELS
     from regframe.estimators.refine import Refined
     from regframe.estimators.registry import pyramid_mind
     from regframe.estimators.two_step import TwoStep
-    from regframe.features.embedding import PretrainedEmbedding
     from regframe.features.mind import MINDSSC
-    from regframe.methods.samconvex import samconvex_pyramid
+    from regframe.methods.samconvex import samconvex_on_raw_images
 
-    features = PretrainedEmbedding(str(checkpoint))
-
-    def embedding_pyramid(**levels: tuple[int, ...]) -> IntensityMapped:
-        return IntensityMapped(samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
-                                                 **levels), features.preprocessing)
-
-    pyramid, coarse = embedding_pyramid(), embedding_pyramid(levels=(4, 2), radii=(2, 3))
+    pyramid = samconvex_on_raw_images(str(checkpoint))
+    coarse = samconvex_on_raw_images(str(checkpoint), levels=(4, 2), radii=(2, 3))
     io = build_training_free("pyramid_mind").io
     io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
     return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),

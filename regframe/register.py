@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
     parser.add_argument("--method", help="training-free method NAME or NAME:KEY=VALUE,... (see --list-methods)")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method, or of SAM embedding pre-training "
+                        "(AnatomicalEmbeddingPretraining: registers with SAMConvex on that embedding)")
     parser.add_argument("--affine", action="store_true",
                         help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
     parser.add_argument("--adam", type=int, metavar="N",
@@ -218,8 +219,10 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
     else:
         from regframe.methods.base import RegistrationModule
         from regframe.methods.points_base import PointRegistrationModule
+        from regframe.methods.samconvex import AnatomicalEmbeddingPretraining, samconvex_on_raw_images
 
-        method, ckpt = read_method_checkpoint(args.checkpoint, (RegistrationModule, PointRegistrationModule))
+        method, ckpt = read_method_checkpoint(args.checkpoint, (RegistrationModule, PointRegistrationModule,
+                                                                AnatomicalEmbeddingPretraining))
         if issubclass(method, PointRegistrationModule):
             if args.adam is not None:
                 raise RegframeInputError(f"--adam: {args.checkpoint} is a point method; --adam refines image fields")
@@ -227,8 +230,11 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
             point_route = keypoint_registration(rebuild_method(args.checkpoint, method), ckpt,
                                                 args.fixed_points, args.moving_points, args.device)
             return point_route, _with_overrides(prep, args)
-        prep = recorded_preprocessing(args.checkpoint, ckpt)
-        estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))
+        if issubclass(method, AnatomicalEmbeddingPretraining):  # SAMConvex on the embedding, raw images in
+            estimator = samconvex_on_raw_images(str(args.checkpoint))
+        else:
+            prep = recorded_preprocessing(args.checkpoint, ckpt)
+            estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))
         if args.adam is not None:
             estimator = mind_refined(estimator, args.adam)
     if args.fixed_points is not None or args.moving_points is not None:

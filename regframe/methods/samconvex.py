@@ -29,8 +29,9 @@ from regframe.checkpoint import record_preprocessing
 from regframe.embedding_views import View, grid_points, random_view_pair, sample_at
 from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
+from regframe.estimators.intensity_mapped import IntensityMapped
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
-from regframe.features.embedding import AnatomicalEmbedding
+from regframe.features.embedding import AnatomicalEmbedding, PretrainedEmbedding
 from regframe.losses_contrastive import sample_negatives, sampled_infonce
 from regframe.methods.base import RegistrationModule, stop_on_nonfinite_loss
 
@@ -194,6 +195,17 @@ def samconvex_pyramid(features: nn.Module, image_resample_factor: float = 1.0, l
     return CorrelationPyramidEstimator(features=features, image_resample_factor=image_resample_factor, grid_spacing=1,
                                        levels=levels, radii=radii, metric="neg_dot", smooth_iters=smooth_iters,
                                        schedule=CONVEX_SCHEDULE)
+
+
+def samconvex_on_raw_images(checkpoint: str, levels: Sequence[int] = (4, 2, 1),
+                            radii: Sequence[int] = (2, 3, 3)) -> IntensityMapped:
+    """:func:`samconvex_pyramid` on the embedding of an :class:`AnatomicalEmbeddingPretraining`
+    ``checkpoint``, for raw images at their own resolution: intensities mapped and the image resampled as
+    in pre-training, ``(B, 1, *S) x 2 -> (B, 3, *S)`` displacement in voxels of the input grid."""
+    features = PretrainedEmbedding(checkpoint)
+    pyramid = samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
+                                levels=levels, radii=radii)
+    return IntensityMapped(pyramid, features.preprocessing)
 
 
 class SAMConvex(RegistrationModule):
