@@ -79,6 +79,8 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
     - ``samconvex_embedding``: the SAMConvex pyramid on the embedding;
     - ``samconvex_embedding+mind_adam``: then ``pyramid_mind``'s Adam stage on MIND-SSC (against
       ``pyramid_mind`` only the discrete initialisation differs);
+    - ``samconvex_embedding+io``: then the paper's instance optimisation on the embedding (50 Adam
+      iterations, cosine similarity, diffusion; :func:`samconvex_on_raw_images`);
     - ``samconvex_embedding>pyramid_mind``: the embedding pyramid, then ``pyramid_mind`` on the warped
       raw image (:class:`TwoStep`); its control ``pyramid_mind_fast>pyramid_mind`` has the MIND
       pyramid as the first step instead;
@@ -98,6 +100,7 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
     io = build_training_free("pyramid_mind").io
     io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
     return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),
+            "samconvex_embedding+io": samconvex_on_raw_images(str(checkpoint), io_iterations=50),
             "samconvex_embedding>pyramid_mind": TwoStep(pyramid, build_training_free("pyramid_mind")),
             "pyramid_mind_fast>pyramid_mind": TwoStep(build_training_free("pyramid_mind_fast"),
                                                       build_training_free("pyramid_mind")),

@@ -31,9 +31,11 @@ from regframe.errors import RegframeInputError
 from regframe.estimators.base import DisplacementEstimator
 from regframe.estimators.intensity_mapped import IntensityMapped
 from regframe.estimators.pyramid import CONVEX_SCHEDULE, CorrelationPyramidEstimator
+from regframe.estimators.refine import Refined
 from regframe.features.embedding import AnatomicalEmbedding, PretrainedEmbedding
 from regframe.losses_contrastive import sample_negatives, sampled_infonce
 from regframe.methods.base import RegistrationModule, stop_on_nonfinite_loss
+from regframe.optim.instance import InstanceOptimisation
 
 
 class AnatomicalEmbeddingPretraining(pl.LightningModule):
@@ -197,15 +199,20 @@ def samconvex_pyramid(features: nn.Module, image_resample_factor: float = 1.0, l
                                        schedule=CONVEX_SCHEDULE)
 
 
-def samconvex_on_raw_images(checkpoint: str, levels: Sequence[int] = (4, 2, 1),
-                            radii: Sequence[int] = (2, 3, 3)) -> IntensityMapped:
+def samconvex_on_raw_images(checkpoint: str, levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3),
+                            io_iterations: int = 0) -> IntensityMapped:
     """:func:`samconvex_pyramid` on the embedding of an :class:`AnatomicalEmbeddingPretraining`
     ``checkpoint``, for raw images at their own resolution: intensities mapped and the image resampled as
-    in pre-training, ``(B, 1, *S) x 2 -> (B, 3, *S)`` displacement in voxels of the input grid."""
+    in pre-training, ``(B, 1, *S) x 2 -> (B, 3, *S)`` displacement in voxels of the input grid.
+    ``io_iterations > 0`` adds the paper's instance optimisation on the same embedding (Adam, cosine
+    similarity, diffusion regulariser) on the embedding's grid."""
     features = PretrainedEmbedding(checkpoint)
-    pyramid = samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
-                                levels=levels, radii=radii)
-    return IntensityMapped(pyramid, features.preprocessing)
+    estimator: nn.Module = samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
+                                             levels=levels, radii=radii)
+    if io_iterations > 0:
+        estimator = Refined(estimator, InstanceOptimisation(similarity="neg_cos", iterations=io_iterations,
+                                                            smooth_weight=1.25))
+    return IntensityMapped(estimator, features.preprocessing)
 
 
 class SAMConvex(RegistrationModule):
