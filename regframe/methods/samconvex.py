@@ -37,6 +37,8 @@ from regframe.losses_contrastive import sample_negatives, sampled_infonce
 from regframe.methods.base import RegistrationModule, stop_on_nonfinite_loss
 from regframe.optim.instance import InstanceOptimisation
 
+VIEW_DRAWS = 10  # view pairs drawn per scan and step before the scan is left out of the step
+
 
 class AnatomicalEmbeddingPretraining(pl.LightningModule):
     """Self-supervised training of :class:`AnatomicalEmbedding` on unlabelled scans (SAM's recipe).
@@ -93,6 +95,17 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         hp = self.hparams
         return random_view_pair(scan, size, tuple(hp.scale_range), hp.max_degrees, hp.max_offset)
 
+    def views_with_anchors(self, scan: Tensor) -> tuple[tuple[View, View], tuple[Tensor, Tensor]]:
+        """:meth:`views` and their :meth:`anchors`, the pair redrawn (up to ``VIEW_DRAWS`` times) when no
+        foreground voxel of view A lies in view B, which the random offsets and rotations occasionally
+        give; the last draw, possibly without anchors, when none has any."""
+        for _ in range(VIEW_DRAWS):
+            views = self.views(scan)
+            points = self.anchors(scan, *views)
+            if points[0].shape[0] > 0:
+                break
+        return views, points
+
     def anchors(self, scan: Tensor, view_a: View, view_b: View) -> tuple[Tensor, Tensor]:
         """Up to ``num_points`` foreground voxels ``p`` of view A that lie inside view B, and their
         positions ``q`` in view B (voxel coordinates, ``(N, D)`` each)."""
@@ -121,7 +134,7 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
     def contrastive_losses(self, scans: Tensor, spacing: Tensor) -> dict[str, Tensor]:
         """Local and global losses, similarity gaps and the local spatial std for ``scans (B, 1, *S)``
         with voxel ``spacing (B, D)`` mm (B >= 1; with B >= 2 each scan's negatives include the next scan's)."""
-        pairs = [self.views(scan) for scan in scans]
+        pairs, anchor_points = zip(*(self.views_with_anchors(scan) for scan in scans))
         images = torch.stack([self._augment(v.image) for pair in pairs for v in pair])
         local, coarse = self.embedding.embed(images)                       # (2B, C, *L), (2B, Cg, *G)
         # embedding index j sits at view voxel stride * j (each stride-2 convolution is centred on 2j)
@@ -131,7 +144,7 @@ class AnatomicalEmbeddingPretraining(pl.LightningModule):
         results: dict[str, list[Tensor]] = {key: [] for key in ("local", "global", "gap_local", "gap_global")}
         count = len(pairs)
         for index, (view_a, view_b) in enumerate(pairs):
-            p, q = self.anchors(scans[index], view_a, view_b)
+            p, q = anchor_points[index]
             if p.shape[0] == 0:
                 continue
             a_l, b_l = 2 * index, 2 * index + 1

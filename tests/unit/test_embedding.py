@@ -127,6 +127,24 @@ def test_pretraining_step_has_gradients_and_logs_the_collapse_monitor():
         module.contrastive_losses(torch.zeros(2, 1, 24, 24, 32), torch.ones(2, 3))
 
 
+def test_a_view_pair_without_anchors_is_redrawn(monkeypatch):
+    """A draw whose views share no foreground (rare under random offsets and rotations) is replaced by
+    a new draw instead of failing the step."""
+    module = AnatomicalEmbeddingPretraining(**SMALL, crop_size=(16, 16, 16), num_points=16)
+    scan = torch.rand(1, 24, 24, 32)
+    draws, anchors = [], module.anchors
+
+    def first_draw_empty(*args):
+        draws.append(args)
+        points, partners = anchors(*args)
+        return (points[:0], partners[:0]) if len(draws) == 1 else (points, partners)
+
+    monkeypatch.setattr(module, "anchors", first_draw_empty)
+    (view_a, _), (points, partners) = module.views_with_anchors(scan)
+    assert len(draws) == 2 and draws[1][1] is view_a
+    assert points.shape == partners.shape and points.shape[0] == 16
+
+
 def test_checkpoint_round_trip_builds_a_working_estimator(tmp_path):
     module = AnatomicalEmbeddingPretraining(**SMALL)
     path = tmp_path / "emb.ckpt"
