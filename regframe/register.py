@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--dataset", type=Path, help="{Task}_dataset.json: register every registration_val pair")
     parser.add_argument("--method", help="training-free method NAME or NAME:KEY=VALUE,... (see --list-methods)")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint of a trained regframe method, or of SAM embedding pre-training "
-                        "(AnatomicalEmbeddingPretraining: registers with SAMConvex on that embedding)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="checkpoint of a trained regframe method, or of SAM embedding pre-training "
+                             "(AnatomicalEmbeddingPretraining: registers with SAMConvex on that embedding)")
     parser.add_argument("--affine", action="store_true",
                         help="affine pre-alignment (IterativeAffineEstimator) before the method; fields composed")
     parser.add_argument("--adam", type=int, metavar="N",
