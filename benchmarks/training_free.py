@@ -92,15 +92,17 @@ def embedding_methods(checkpoint: Path) -> dict[str, Method]:
     from regframe.estimators.refine import Refined
     from regframe.estimators.registry import pyramid_mind
     from regframe.estimators.two_step import TwoStep
+    from regframe.features.embedding import PretrainedEmbedding
     from regframe.features.mind import MINDSSC
     from regframe.methods.samconvex import samconvex_on_raw_images
 
-    pyramid = samconvex_on_raw_images(str(checkpoint))
-    coarse = samconvex_on_raw_images(str(checkpoint), levels=(4, 2), radii=(2, 3))
+    features = PretrainedEmbedding(str(checkpoint))  # one embedding, shared by every variant
+    pyramid = samconvex_on_raw_images(features)
+    coarse = samconvex_on_raw_images(features, levels=(4, 2), radii=(2, 3))
     io = build_training_free("pyramid_mind").io
     io.features = MINDSSC(radius=1, dilation=2)  # its own features instead of the pyramid's
     return {"samconvex_embedding": pyramid, "samconvex_embedding+mind_adam": Refined(pyramid, io),
-            "samconvex_embedding+io": samconvex_on_raw_images(str(checkpoint), io_iterations=50),
+            "samconvex_embedding+io": samconvex_on_raw_images(features, io_iterations=50),
             "samconvex_embedding>pyramid_mind": TwoStep(pyramid, build_training_free("pyramid_mind")),
             "pyramid_mind_fast>pyramid_mind": TwoStep(build_training_free("pyramid_mind_fast"),
                                                       build_training_free("pyramid_mind")),

@@ -218,6 +218,7 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
     if args.method is not None:
         estimator = build_training_free(args.method)
     else:
+        from regframe.features.embedding import PretrainedEmbedding
         from regframe.methods.base import RegistrationModule
         from regframe.methods.points_base import PointRegistrationModule
         from regframe.methods.samconvex import AnatomicalEmbeddingPretraining, samconvex_on_raw_images
@@ -232,7 +233,7 @@ def load_estimator(args: argparse.Namespace) -> tuple[DisplacementEstimator | Ke
                                                 args.fixed_points, args.moving_points, args.device)
             return point_route, _with_overrides(prep, args)
         if issubclass(method, AnatomicalEmbeddingPretraining):  # SAMConvex on the embedding, raw images in
-            estimator = samconvex_on_raw_images(str(args.checkpoint))
+            estimator = samconvex_on_raw_images(PretrainedEmbedding(str(args.checkpoint)))
         else:
             prep = recorded_preprocessing(args.checkpoint, ckpt)
             estimator = CheckpointEstimator(rebuild_method(args.checkpoint, method))

@@ -212,14 +212,13 @@ def samconvex_pyramid(features: nn.Module, image_resample_factor: float = 1.0, l
                                        schedule=CONVEX_SCHEDULE)
 
 
-def samconvex_on_raw_images(checkpoint: str, levels: Sequence[int] = (4, 2, 1), radii: Sequence[int] = (2, 3, 3),
-                            io_iterations: int = 0) -> IntensityMapped:
-    """:func:`samconvex_pyramid` on the embedding of an :class:`AnatomicalEmbeddingPretraining`
-    ``checkpoint``, for raw images at their own resolution: intensities mapped and the image resampled as
-    in pre-training, ``(B, 1, *S) x 2 -> (B, 3, *S)`` displacement in voxels of the input grid.
+def samconvex_on_raw_images(features: PretrainedEmbedding, levels: Sequence[int] = (4, 2, 1),
+                            radii: Sequence[int] = (2, 3, 3), io_iterations: int = 0) -> IntensityMapped:
+    """:func:`samconvex_pyramid` on ``features``, the embedding of an :class:`AnatomicalEmbeddingPretraining`
+    checkpoint, for raw images at their own resolution: intensities mapped and the image resampled as in
+    pre-training, ``(B, 1, *S) x 2 -> (B, 3, *S)`` displacement in voxels of the input grid.
     ``io_iterations > 0`` adds the paper's instance optimisation on the same embedding (Adam, cosine
     similarity, diffusion regulariser) on the embedding's grid."""
-    features = PretrainedEmbedding(checkpoint)
     estimator: nn.Module = samconvex_pyramid(features, image_resample_factor=features.preprocessing.resample_factor,
                                              levels=levels, radii=radii)
     if io_iterations > 0:

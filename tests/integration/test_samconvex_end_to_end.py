@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from regframe.cli import RegframeCLI, finish_wandb_run, main
+from regframe.features.embedding import PretrainedEmbedding
 from regframe.io import read_displacement, read_image
 from regframe.methods.samconvex import samconvex_on_raw_images
 
@@ -66,7 +67,7 @@ def test_register_with_an_embedding_checkpoint_equals_the_samconvex_estimator(pr
     disp = read_displacement(tmp_path / "pair" / "disp.nii.gz", SHAPE)
     images = [torch.from_numpy(read_image(path).array).float()[None, None] for path in (fixed, moving)]
     with torch.no_grad():
-        expected = samconvex_on_raw_images(str(checkpoint))(*images)[0]
+        expected = samconvex_on_raw_images(PretrainedEmbedding(str(checkpoint)))(*images)[0]
     assert disp.abs().max() > 0.5  # a real field, not the identity
     torch.testing.assert_close(disp, expected, atol=1e-4, rtol=0)
 
@@ -75,12 +76,12 @@ def test_register_with_an_embedding_checkpoint_equals_the_samconvex_estimator(pr
 def test_the_papers_instance_optimisation_refines_the_pyramids_field(pretrained: Path):
     """IO starts from the pyramid's field on the embedding's grid and changes it, each Adam step by at
     most about its learning rate (1 embedding voxel = 4 input voxels here)."""
-    checkpoint = str(pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt")
+    embedding = PretrainedEmbedding(str(pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"))
     fixed, moving = (torch.from_numpy(read_image(path).array).float()[None, None]
                      for path in sorted((pretrained / "phantom").rglob("*_0000.nii.gz"))[:2])
     with torch.no_grad():
-        pyramid = samconvex_on_raw_images(checkpoint)(fixed, moving)
-        refined = samconvex_on_raw_images(checkpoint, io_iterations=5)(fixed, moving)
+        pyramid = samconvex_on_raw_images(embedding)(fixed, moving)
+        refined = samconvex_on_raw_images(embedding, io_iterations=5)(fixed, moving)
     change = (refined - pyramid).abs().max()
     assert 1e-2 < change < 5 * 4.0  # 5 steps of at most 1 embedding voxel
     assert torch.isfinite(refined).all()
