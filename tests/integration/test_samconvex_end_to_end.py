@@ -38,8 +38,20 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _checkpoint(root: Path) -> Path:
+    return root / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"
+
+
+def _scans(root: Path) -> list[Path]:
+    return sorted((root / "phantom").rglob("*_0000.nii.gz"))
+
+
+def _tensor(path: Path) -> torch.Tensor:
+    return torch.from_numpy(read_image(path).array).float()[None, None]
+
+
 def test_embedding_pretraining_then_samconvex_validation(pretrained: Path, monkeypatch):
-    assert (pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt").is_file()
+    assert _checkpoint(pretrained).is_file()
     monkeypatch.chdir(pretrained)  # abdomen_samconvex.yaml reads the checkpoint under ./runs
     cli = RegframeCLI(args=["validate", "--config", str(EXPERIMENTS / "abdomen_samconvex.yaml"), *_phantom_data(pretrained),
                             "--model.init_args.compute_hd95", "false",
@@ -52,8 +64,7 @@ def test_embedding_pretraining_then_samconvex_validation(pretrained: Path, monke
 def test_register_with_an_embedding_checkpoint_runs_samconvex(pretrained: Path, tmp_path: Path):
     """A scan registered to itself: the embedding's unit vectors match best at zero displacement and the
     convex coupling breaks ties towards the smoothed field, so the field is zero and the warped scan the scan."""
-    checkpoint = pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"
-    scan = sorted((pretrained / "phantom").rglob("*_0000.nii.gz"))[0]
+    checkpoint, scan = _checkpoint(pretrained), _scans(pretrained)[0]
     assert main(["register", str(scan), str(scan), "--out", str(tmp_path / "self"), "--checkpoint", str(checkpoint)]) == 0
     disp = read_displacement(tmp_path / "self" / "disp.nii.gz", SHAPE)
     assert disp.abs().max() < 1e-3
@@ -61,24 +72,21 @@ def test_register_with_an_embedding_checkpoint_runs_samconvex(pretrained: Path, 
 
 
 def test_register_with_an_embedding_checkpoint_equals_the_samconvex_estimator(pretrained: Path, tmp_path: Path):
-    checkpoint = pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"
-    fixed, moving = sorted((pretrained / "phantom").rglob("*_0000.nii.gz"))[:2]
+    checkpoint = _checkpoint(pretrained)
+    fixed, moving = _scans(pretrained)[:2]
     assert main(["register", str(fixed), str(moving), "--out", str(tmp_path / "pair"), "--checkpoint", str(checkpoint)]) == 0
     disp = read_displacement(tmp_path / "pair" / "disp.nii.gz", SHAPE)
-    images = [torch.from_numpy(read_image(path).array).float()[None, None] for path in (fixed, moving)]
     with torch.no_grad():
-        expected = samconvex_on_raw_images(PretrainedEmbedding(str(checkpoint)))(*images)[0]
+        expected = samconvex_on_raw_images(PretrainedEmbedding(str(checkpoint)))(_tensor(fixed), _tensor(moving))[0]
     assert disp.abs().max() > 0.5  # a real field, not the identity
     torch.testing.assert_close(disp, expected, atol=1e-4, rtol=0)
-
 
 
 def test_the_papers_instance_optimisation_refines_the_pyramids_field(pretrained: Path):
     """IO starts from the pyramid's field on the embedding's grid and changes it, each Adam step by at
     most about its learning rate (1 embedding voxel = 4 input voxels here)."""
-    embedding = PretrainedEmbedding(str(pretrained / "runs" / "abdomen_sam_embedding" / "checkpoints" / "last.ckpt"))
-    fixed, moving = (torch.from_numpy(read_image(path).array).float()[None, None]
-                     for path in sorted((pretrained / "phantom").rglob("*_0000.nii.gz"))[:2])
+    embedding = PretrainedEmbedding(str(_checkpoint(pretrained)))
+    fixed, moving = (_tensor(path) for path in _scans(pretrained)[:2])
     with torch.no_grad():
         pyramid = samconvex_on_raw_images(embedding)(fixed, moving)
         refined = samconvex_on_raw_images(embedding, io_iterations=5)(fixed, moving)
